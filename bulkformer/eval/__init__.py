@@ -1,0 +1,1 @@
+"""bulkformer.eval"""
