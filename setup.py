@@ -44,13 +44,18 @@ extra_compile_args = ["-O3", "-fvisibility=hidden"]
 extra_link_args = []
 
 if os.environ.get("BULKFORMER_NO_LIBDEFLATE") != "1":
-    if _compiles("#include <libdeflate.h>\nint main(){return libdeflate_alloc_decompressor()==0;}\n",
-                 ["deflate"]):
+    if _compiles(
+        "#include <libdeflate.h>\nint main(){return libdeflate_alloc_decompressor()==0;}\n",
+        ["deflate"],
+    ):
         define_macros.append(("BULKFORMER_HAVE_LIBDEFLATE", "1"))
         libraries.append("deflate")
     else:
-        warnings.warn("libdeflate not found: bulkformer._C will inflate with zlib only "
-                      "(apt-get install libdeflate-dev for ~2-3x faster inflate)", stacklevel=1)
+        warnings.warn(
+            "libdeflate not found: bulkformer._C will inflate with zlib only "
+            "(apt-get install libdeflate-dev for ~2-3x faster inflate)",
+            stacklevel=1,
+        )
 
 if os.environ.get("BULKFORMER_NATIVE") == "1":
     extra_compile_args.append("-march=native")

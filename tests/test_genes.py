@@ -45,5 +45,8 @@ def test_id_depends_on_order_and_mismatch_is_error():
 
 def test_duplicates_rejected():
     with pytest.raises(ValueError, match="duplicate"):
-        GeneReference(np.array(["A", "A"], dtype=object), np.array(["a", "b"], dtype=object),
-                      np.array([1.0, 2.0]))
+        GeneReference(
+            np.array(["A", "A"], dtype=object),
+            np.array(["a", "b"], dtype=object),
+            np.array([1.0, 2.0]),
+        )

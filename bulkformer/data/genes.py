@@ -137,8 +137,13 @@ class GeneReference:
                 prov[k.strip()] = v.strip()
             else:
                 body.append(line)
-        df = pd.read_csv(io.StringIO("\n".join(body)), sep="\t", dtype={"gene_id": str,
-                         "symbol": str}, keep_default_na=False, na_values={"length": ["NA", ""]})
+        df = pd.read_csv(
+            io.StringIO("\n".join(body)),
+            sep="\t",
+            dtype={"gene_id": str, "symbol": str},
+            keep_default_na=False,
+            na_values={"length": ["NA", ""]},
+        )
         missing = {"gene_id", "symbol", "length"} - set(df.columns)
         if missing:
             raise ValueError(
@@ -147,8 +152,12 @@ class GeneReference:
             )
         recorded = prov.pop("reference_id", None)
         prov.pop("n_genes", None)
-        ref = cls(df["gene_id"].to_numpy(object), df["symbol"].fillna("").to_numpy(object),
-                  df["length"].to_numpy(np.float64), prov)
+        ref = cls(
+            df["gene_id"].to_numpy(object),
+            df["symbol"].fillna("").to_numpy(object),
+            df["length"].to_numpy(np.float64),
+            prov,
+        )
         if recorded is not None and recorded != ref.id:
             raise ValueError(
                 f"{path}: records reference_id {recorded} but its gene list hashes to {ref.id} "

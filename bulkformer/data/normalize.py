@@ -48,7 +48,9 @@ def covered_columns(gene_map: np.ndarray, lengths: np.ndarray, n_out: int) -> np
 
 
 def log1p_tpm_ref(
-    counts: np.ndarray, lengths: np.ndarray, gene_map: np.ndarray | None = None,
+    counts: np.ndarray,
+    lengths: np.ndarray,
+    gene_map: np.ndarray | None = None,
     n_out: int | None = None,
 ) -> np.ndarray:
     """Reference ``log1p(TPM)``.
@@ -90,8 +92,9 @@ def log1p_tpm_ref(
     return np.log1p(out)
 
 
-def zscore_ref(values: np.ndarray, mean: np.ndarray, std: np.ndarray,
-               covered: np.ndarray | None = None) -> np.ndarray:
+def zscore_ref(
+    values: np.ndarray, mean: np.ndarray, std: np.ndarray, covered: np.ndarray | None = None
+) -> np.ndarray:
     """Reference z-score per column; σ = 0 (or non-finite) → 0; uncovered columns → 0."""
     values = np.asarray(values, dtype=np.float64)
     mean = np.asarray(mean, dtype=np.float64)

@@ -149,6 +149,7 @@ class ExpressionSource(abc.ABC):
         return len(self.samples)
 
     @abc.abstractmethod
-    def read_block(self, rows: np.ndarray, alignment: Alignment, *,
-                   threads: int | None = None) -> Block:
+    def read_block(
+        self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
+    ) -> Block:
         """Read samples ``rows`` (positions in :attr:`samples`) as aligned log1p(TPM)."""
