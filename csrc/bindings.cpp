@@ -1,13 +1,224 @@
 // bulkformer._C — pybind11 bindings only; the logic lives in the other csrc/ files.
+// Every entry point validates shapes/dtypes/contiguity, then releases the GIL for the whole call.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "h5reader.h"
+#include "inflate.h"
+#include "half.h"
+#include "normalize.h"
 
 namespace py = pybind11;
+using namespace bulkformer;
+
+#define BF_CHECK(cond, msg)                               \
+  do {                                                    \
+    if (!(cond)) throw std::invalid_argument(std::string(msg)); \
+  } while (0)
+
+namespace {
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+template <typename T>
+const T* need(const py::object& o, const char* name, int64_t n) {
+  BF_CHECK(!o.is_none(), std::string(name) + " is required");
+  auto a = py::cast<py::array>(o);
+  BF_CHECK(a.dtype().is(py::dtype::of<T>()), std::string(name) + " has the wrong dtype");
+  BF_CHECK(a.flags() & py::array::c_style, std::string(name) + " must be C-contiguous");
+  BF_CHECK(a.size() == n, std::string(name) + " has " + std::to_string(a.size()) +
+                              " elements, expected " + std::to_string(n));
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* need_mut(const py::object& o, const char* name, int64_t n) {
+  auto p = const_cast<T*>(need<T>(o, name, n));
+  BF_CHECK(py::cast<py::array>(o).writeable(), std::string(name) + " must be writeable");
+  return p;
+}
+
+template <typename T>
+const T* maybe(const py::object& o, const char* name, int64_t n) {
+  return o.is_none() ? nullptr : need<T>(o, name, n);
+}
+
+// Fills a NormSpec from the common keyword arguments. Arrays stay alive in the caller's frame.
+NormSpec make_spec(int64_t n_rows, const py::object& gene_map, const py::object& lengths,
+                   int64_t n_src, int64_t n_out, int mode, const py::object& out,
+                   const py::object& nonzero, const py::object& total, const py::object& mean,
+                   const py::object& stdev, const py::object& stats,
+                   const py::object& stats_rows) {
+  NormSpec s;
+  s.n_src = n_src;
+  s.n_out = n_out;
+  BF_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (counts), 1 (log1p_tpm) or 2 (z)");
+  s.mode = static_cast<Mode>(mode);
+  s.gene_map = need<int64_t>(gene_map, "gene_map", n_src);
+  s.lengths = need<double>(lengths, "lengths", n_src);
+  for (int64_t j = 0; j < n_src; ++j)
+    BF_CHECK(s.gene_map[j] >= -1 && s.gene_map[j] < n_out, "gene_map values must be in [-1, n_out)");
+  if (s.mode == Mode::kZScore) {
+    s.mean = need<double>(mean, "mean", n_out);
+    s.stdev = need<double>(stdev, "std", n_out);
+  }
+  if (!out.is_none()) {
+    auto a = py::cast<py::array>(out);
+    BF_CHECK(a.ndim() == 2 && a.shape(0) == n_rows && a.shape(1) == n_out,
+             "out must have shape (n_samples, n_out) = (" + std::to_string(n_rows) + ", " +
+                 std::to_string(n_out) + ")");
+    BF_CHECK(a.writeable(), "out must be writeable");
+    BF_CHECK(a.strides(1) == a.itemsize(), "out rows must be contiguous");
+    BF_CHECK(a.strides(0) % a.itemsize() == 0, "out row stride must be a whole element count");
+    if (a.dtype().is(py::dtype::of<float>())) {
+      s.out_type = OutType::kF32;
+    } else if (a.dtype().is(py::dtype("float16"))) {
+      s.out_type = OutType::kF16;
+      BF_CHECK(s.mode != Mode::kCounts, "counts cannot be written as float16");
+    } else if (a.dtype().is(py::dtype::of<uint32_t>())) {
+      s.out_type = OutType::kU32;
+      BF_CHECK(s.mode == Mode::kCounts, "uint32 output is only for mode=counts");
+    } else {
+      throw std::invalid_argument("out must be float32, float16 or uint32");
+    }
+    s.out = a.mutable_data();
+    s.out_row_stride = a.strides(0) / a.itemsize();
+  }
+  s.nonzero = nonzero.is_none() ? nullptr : need_mut<int64_t>(nonzero, "nonzero", n_rows);
+  s.total = total.is_none() ? nullptr : need_mut<double>(total, "total", n_rows);
+  if (!stats.is_none()) {
+    BF_CHECK(s.mode != Mode::kCounts, "statistics are computed on log1p(TPM), not counts");
+    s.stats = need_mut<double>(stats, "stats", 3 * n_out);
+  }
+  s.stats_rows = maybe<uint8_t>(stats_rows, "stats_rows", n_rows);
+  return s;
+}
+
+ChunkedMatrix make_matrix(const std::string& path, int64_t n_genes, int64_t n_samples,
+                          int64_t chunk_genes, int64_t chunk_samples, bool transposed,
+                          const std::vector<int>& filters, const py::object& offsets,
+                          const py::object& sizes, const py::object& masks) {
+  ChunkedMatrix m;
+  m.path = path;
+  m.n_genes = n_genes;
+  m.n_samples = n_samples;
+  m.chunk_genes = chunk_genes;
+  m.chunk_samples = chunk_samples;
+  m.transposed = transposed;
+  m.filters = filters;
+  BF_CHECK(chunk_genes > 0 && chunk_samples > 0, "chunk shape must be positive");
+  m.grid_rows = (n_genes + chunk_genes - 1) / chunk_genes;
+  m.grid_cols = (n_samples + chunk_samples - 1) / chunk_samples;
+  const int64_t n = m.grid_rows * m.grid_cols;
+  m.offsets = need<int64_t>(offsets, "offsets", n);
+  m.sizes = need<int64_t>(sizes, "sizes", n);
+  m.masks = need<uint32_t>(masks, "masks", n);
+  return m;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "bulkformer C++ engine";
+  m.doc() = "bulkformer C++ engine: HDF5 raw-chunk reader and fused count normalizer";
+  m.attr("inflate_backend") = inflate_backend();
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
   m.attr("have_libdeflate") = true;
 #else
   m.attr("have_libdeflate") = false;
 #endif
+
+  m.def(
+      "read_normalize",
+      [](const std::string& path, int64_t n_genes, int64_t n_samples, int64_t chunk_genes,
+         int64_t chunk_samples, bool transposed, const std::vector<int>& filters,
+         py::object offsets, py::object sizes, py::object masks, py::object samples,
+         py::object gene_map, py::object lengths, int64_t n_out, int mode, py::object out,
+         py::object nonzero, py::object total, py::object mean, py::object stdev,
+         py::object stats, py::object stats_rows, int threads, int64_t max_scratch_bytes) {
+        ChunkedMatrix mat = make_matrix(path, n_genes, n_samples, chunk_genes, chunk_samples,
+                                        transposed, filters, offsets, sizes, masks);
+        const int64_t n = py::cast<py::array>(samples).size();
+        const int64_t* s = need<int64_t>(samples, "samples", n);
+        NormSpec spec = make_spec(n, gene_map, lengths, n_genes, n_out, mode, out, nonzero, total,
+                                  mean, stdev, stats, stats_rows);
+        ReadOptions opt;
+        opt.threads = threads;
+        opt.max_scratch_bytes = max_scratch_bytes;
+        py::gil_scoped_release release;
+        read_normalize(mat, s, n, spec, opt);
+      },
+      py::arg("path"), py::arg("n_genes"), py::arg("n_samples"), py::arg("chunk_genes"),
+      py::arg("chunk_samples"), py::arg("transposed"), py::arg("filters"), py::arg("offsets"),
+      py::arg("sizes"), py::arg("masks"), py::arg("samples"), py::arg("gene_map"),
+      py::arg("lengths"), py::arg("n_out"), py::arg("mode"), py::arg("out") = py::none(),
+      py::arg("nonzero") = py::none(), py::arg("total") = py::none(),
+      py::arg("mean") = py::none(), py::arg("std") = py::none(), py::arg("stats") = py::none(),
+      py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
+      py::arg("max_scratch_bytes") = int64_t{256} << 20,
+      "Read samples from a chunked genes x samples uint32 HDF5 dataset and normalize them.");
+
+  m.def(
+      "inflate_only",
+      [](const std::string& path, int64_t n_genes, int64_t n_samples, int64_t chunk_genes,
+         int64_t chunk_samples, bool transposed, const std::vector<int>& filters,
+         py::object offsets, py::object sizes, py::object masks, py::object samples,
+         int threads) {
+        ChunkedMatrix mat = make_matrix(path, n_genes, n_samples, chunk_genes, chunk_samples,
+                                        transposed, filters, offsets, sizes, masks);
+        const int64_t n = py::cast<py::array>(samples).size();
+        const int64_t* s = need<int64_t>(samples, "samples", n);
+        ReadOptions opt;
+        opt.threads = threads;
+        py::gil_scoped_release release;
+        return read_inflate_only(mat, s, n, opt);
+      },
+      py::arg("path"), py::arg("n_genes"), py::arg("n_samples"), py::arg("chunk_genes"),
+      py::arg("chunk_samples"), py::arg("transposed"), py::arg("filters"), py::arg("offsets"),
+      py::arg("sizes"), py::arg("masks"), py::arg("samples"), py::arg("threads") = 0,
+      "Decode every chunk a request touches and nothing else (the inflate ceiling).");
+
+  m.def(
+      "normalize_dense",
+      [](py::array counts, py::object gene_map, py::object lengths, int64_t n_out, int mode,
+         py::object out, py::object nonzero, py::object total, py::object mean,
+         py::object stdev, py::object stats, py::object stats_rows, int threads) {
+        BF_CHECK(counts.ndim() == 2, "counts must be 2-D (samples x genes)");
+        BF_CHECK(counts.flags() & py::array::c_style, "counts must be C-contiguous");
+        const int64_t n = counts.shape(0), j = counts.shape(1);
+        NormSpec spec = make_spec(n, gene_map, lengths, j, n_out, mode, out, nonzero, total, mean,
+                                  stdev, stats, stats_rows);
+        if (counts.dtype().is(py::dtype::of<uint32_t>())) {
+          const auto* p = static_cast<const uint32_t*>(counts.data());
+          py::gil_scoped_release release;
+          normalize_dense<uint32_t>(spec, p, n, j, threads);
+        } else if (counts.dtype().is(py::dtype::of<double>())) {
+          const auto* p = static_cast<const double*>(counts.data());
+          py::gil_scoped_release release;
+          normalize_dense<double>(spec, p, n, j, threads);
+        } else {
+          throw std::invalid_argument("counts must be uint32 or float64");
+        }
+      },
+      py::arg("counts"), py::arg("gene_map"), py::arg("lengths"), py::arg("n_out"),
+      py::arg("mode"), py::arg("out") = py::none(), py::arg("nonzero") = py::none(),
+      py::arg("total") = py::none(), py::arg("mean") = py::none(), py::arg("std") = py::none(),
+      py::arg("stats") = py::none(), py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
+      "Normalize counts already in memory (same arithmetic as read_normalize).");
+
+  m.def(
+      "float_to_half",
+      [](carray<float> x) {
+        py::array_t<uint16_t> out(x.size());
+        auto* o = out.mutable_data();
+        const float* p = x.data();
+        for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = float_to_half(p[i]);
+        return out;
+      },
+      "float32 -> float16 bits (round to nearest even), for tests.");
 }

@@ -1,0 +1,504 @@
+"""ARCHS4 gene-level HDF5 files: description, metadata, search, selection, QC and fast reads.
+
+Works on every layout seen across ARCHS4 releases:
+
+* v2.x (``human_gene_v2.*.h5``): ``data/expression`` genes × samples uint32, gene fields under
+  ``meta/genes/`` (``ensembl_gene_id`` or ``ensembl_gene``, ``symbol``/``gene_symbol``,
+  ``biotype``), sample fields under ``meta/samples/`` (``geo_accession``, ``series_id``, …,
+  ``readsaligned`` or ``alignedreads``), ``meta/info/version``;
+* the old layout with sample fields as ``meta/Sample_*`` datasets and gene symbols in
+  ``meta/genes`` (a dataset) — read as well;
+* a samples × genes ``data/expression`` (detected from the gene count) is read transposed.
+
+Chunk shape and filters are always read from the file. Counts are read by the C++ engine
+(:mod:`bulkformer.data.engine`); metadata fields are loaded one at a time, on demand.
+
+Example
+-------
+>>> f = ARCHS4File("human_gene_v2.2.h5")                          # doctest: +SKIP
+>>> idx = f.search("liver", fields=("source_name_ch1", "title"))  # doctest: +SKIP
+>>> idx = f.filter(idx, min_nonzero=14_000)                       # doctest: +SKIP
+>>> X = f.read(idx[:100], mode="counts")                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from . import engine as _engine
+from .genes import strip_version
+from .source import Alignment, Block, ExpressionSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ARCHS4File", "ARCHS4Source", "ARCHS4FormatError"]
+
+# field-name variants seen across ARCHS4 releases, first match wins
+GENE_ID_FIELDS = ("ensembl_gene_id", "ensembl_gene", "ensembl_id", "gene_id", "ensembl")
+GENE_SYMBOL_FIELDS = ("symbol", "gene_symbol", "genes", "gene_name")
+SAMPLE_ID_FIELDS = ("geo_accession", "Sample_geo_accession", "sample_id")
+SERIES_FIELDS = ("series_id", "Sample_series_id")
+ALIGNED_FIELDS = ("readsaligned", "alignedreads", "reads_aligned", "Sample_readsaligned")
+SINGLECELL_FIELDS = ("singlecellprobability", "single_cell_probability")
+DEFAULT_SEARCH_FIELDS = ("title", "source_name_ch1", "characteristics_ch1")
+
+
+class ARCHS4FormatError(ValueError):
+    """The file does not have the ARCHS4 layout (names the file and the field)."""
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "O" or values.dtype.kind == "S":
+        return np.array(
+            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values],
+            dtype=object,
+        )
+    return values
+
+
+class ARCHS4File:
+    """An open ARCHS4 gene-level file.
+
+    Parameters
+    ----------
+    path : the ``.h5`` file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no such file")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise ARCHS4FormatError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        if "data/expression" not in self._h5:
+            raise ARCHS4FormatError(
+                f"{self.path}: no dataset 'data/expression' (expected an ARCHS4 gene-level "
+                f"file; top-level groups: {sorted(self._h5.keys())})"
+            )
+        self.expression: h5py.Dataset = self._h5["data/expression"]
+        if self.expression.ndim != 2:
+            raise ARCHS4FormatError(
+                f"{self.path}: data/expression has shape {self.expression.shape}, expected 2-D "
+                "genes × samples"
+            )
+        self._sample_fields = self._find_sample_fields()
+        self._gene_fields = self._find_gene_fields()
+        n_gene_meta = self._gene_length()
+        n0, n1 = self.expression.shape
+        if n_gene_meta == n0:
+            self.transposed = False
+        elif n_gene_meta == n1:
+            self.transposed = True
+            log.info(
+                "%s: data/expression is samples × genes (old layout): reading transposed", self.path
+            )
+        else:
+            raise ARCHS4FormatError(
+                f"{self.path}: data/expression has shape {self.expression.shape} but meta/genes "
+                f"has {n_gene_meta} entries — expected genes × samples (or samples × genes)"
+            )
+        self.n_genes = n_gene_meta
+        self.n_samples = n1 if not self.transposed else n0
+        n_meta = self._sample_length()
+        if n_meta is not None and n_meta != self.n_samples:
+            raise ARCHS4FormatError(
+                f"{self.path}: meta/samples fields have {n_meta} entries but data/expression "
+                f"has {self.n_samples} samples"
+            )
+        self._cache: dict[str, np.ndarray] = {}
+        self._index: _engine.ChunkIndex | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> ARCHS4File:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ARCHS4File({self.path!r}, genes={self.n_genes:,}, samples={self.n_samples:,}, "
+            f"version={self.version!r})"
+        )
+
+    # ------------------------------------------------------------------ layout discovery
+    def _find_sample_fields(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if "meta/samples" in self._h5 and isinstance(self._h5["meta/samples"], h5py.Group):
+            for k, v in self._h5["meta/samples"].items():
+                if isinstance(v, h5py.Dataset):
+                    out[k] = f"meta/samples/{k}"
+        elif "meta" in self._h5:  # old layout: meta/Sample_title, ...
+            for k, v in self._h5["meta"].items():
+                if isinstance(v, h5py.Dataset) and k.startswith("Sample_"):
+                    out[k[len("Sample_") :]] = f"meta/{k}"
+        return out
+
+    def _find_gene_fields(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        node = self._h5.get("meta/genes")
+        if isinstance(node, h5py.Group):
+            for k, v in node.items():
+                if isinstance(v, h5py.Dataset):
+                    out[k] = f"meta/genes/{k}"
+        elif isinstance(node, h5py.Dataset):  # old layout: meta/genes holds symbols
+            out["symbol"] = "meta/genes"
+        if "meta" in self._h5 and isinstance(self._h5["meta"], h5py.Group):
+            for k in ("gene_ensemblid", "Gene_ensemblid", "ensembl_gene_id"):
+                if k in self._h5["meta"] and "ensembl_gene_id" not in out:
+                    out["ensembl_gene_id"] = f"meta/{k}"
+        if not out:
+            raise ARCHS4FormatError(
+                f"{self.path}: no gene metadata (expected a group meta/genes with one of "
+                f"{GENE_ID_FIELDS} or {GENE_SYMBOL_FIELDS})"
+            )
+        return out
+
+    def _gene_length(self) -> int:
+        return len(self._h5[next(iter(self._gene_fields.values()))])
+
+    def _sample_length(self) -> int | None:
+        for p in self._sample_fields.values():
+            return len(self._h5[p])
+        return None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def version(self) -> str:
+        for p in ("meta/info/version", "info/version", "meta/version"):
+            if p in self._h5:
+                v = self._h5[p][()]
+                v = v[0] if isinstance(v, np.ndarray) and v.shape else v
+                return v.decode() if isinstance(v, bytes) else str(v)
+        return "unknown"
+
+    def describe(self) -> dict:
+        """Version, shape, orientation, chunking, filters and sizes, as a dict."""
+        ds = self.expression
+        filters = [name for _, name in _engine.filters_of(ds)]
+        comp = ds.compression_opts if ds.compression == "gzip" else None
+        return {
+            "path": self.path,
+            "file_size": os.path.getsize(self.path),
+            "version": self.version,
+            "shape": tuple(ds.shape),
+            "layout": "samples × genes (transposed)" if self.transposed else "genes × samples",
+            "n_genes": self.n_genes,
+            "n_samples": self.n_samples,
+            "dtype": ds.dtype.str,
+            "chunks": ds.chunks,
+            "filters": filters,
+            "gzip_level": comp,
+            "fast_path": _engine.fast_path_problem(ds) or "yes (C++ raw chunks)",
+            "gene_fields": sorted(self._gene_fields),
+            "sample_fields": sorted(self._sample_fields),
+        }
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def sample_fields(self) -> list[str]:
+        return sorted(self._sample_fields)
+
+    def _field(self, name: str, variants: Sequence[str] = ()) -> str | None:
+        for cand in (name, *variants):
+            if cand in self._sample_fields:
+                return cand
+        return None
+
+    def sample_field(self, name: str) -> np.ndarray:
+        """One sample metadata field for all samples (decoded strings or numbers), cached."""
+        variants = {
+            "geo_accession": SAMPLE_ID_FIELDS,
+            "series_id": SERIES_FIELDS,
+            "readsaligned": ALIGNED_FIELDS,
+            "singlecellprobability": SINGLECELL_FIELDS,
+        }.get(name, ())
+        key = self._field(name, variants)
+        if key is None:
+            raise KeyError(
+                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            )
+        if key not in self._cache:
+            self._cache[key] = _decode(self._h5[self._sample_fields[key]][:])
+        return self._cache[key]
+
+    def _raw_field(self, name: str) -> np.ndarray:
+        """A string field as raw bytes (for search), cached separately."""
+        key = self._field(name)
+        if key is None:
+            raise KeyError(
+                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            )
+        ck = "raw:" + key
+        if ck not in self._cache:
+            self._cache[ck] = self._h5[self._sample_fields[key]][:]
+        return self._cache[ck]
+
+    def samples(self, fields: Iterable[str] | None = None, rows=None) -> pd.DataFrame:
+        """Sample metadata as a DataFrame indexed by GEO accession; fields loaded on demand."""
+        fields = (
+            list(fields)
+            if fields is not None
+            else [
+                f
+                for f in ("series_id", "title", "source_name_ch1", "characteristics_ch1")
+                if self._field(f, SERIES_FIELDS if f == "series_id" else ()) is not None
+            ]
+        )
+        ids = self.sample_ids
+        rows = np.arange(self.n_samples) if rows is None else np.asarray(rows, dtype=np.int64)
+        df = pd.DataFrame(
+            {f: self.sample_field(f)[rows] for f in fields},
+            index=pd.Index(ids[rows], name="sample_id"),
+        )
+        return df
+
+    @cached_property
+    def sample_ids(self) -> np.ndarray:
+        try:
+            return self.sample_field("geo_accession")
+        except KeyError:
+            return np.array([f"sample{i}" for i in range(self.n_samples)], dtype=object)
+
+    @cached_property
+    def genes(self) -> pd.DataFrame:
+        """Gene metadata (all fields of meta/genes), one row per gene in file order."""
+        return pd.DataFrame({k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()})
+
+    @cached_property
+    def gene_ids(self) -> np.ndarray:
+        """Ensembl gene IDs without version; symbols when the file has no Ensembl IDs."""
+        for k in GENE_ID_FIELDS:
+            if k in self._gene_fields:
+                return strip_version(self.genes[k].to_numpy())
+        log.warning("%s: no Ensembl gene IDs in meta/genes; using gene symbols", self.path)
+        return self.gene_symbols
+
+    @property
+    def has_ensembl_ids(self) -> bool:
+        return any(k in self._gene_fields for k in GENE_ID_FIELDS)
+
+    @cached_property
+    def gene_symbols(self) -> np.ndarray:
+        for k in GENE_SYMBOL_FIELDS:
+            if k in self._gene_fields:
+                return self.genes[k].to_numpy(dtype=object)
+        return np.array([""] * self.n_genes, dtype=object)
+
+    # ------------------------------------------------------------------ selection
+    def search(
+        self, pattern: str, fields: Sequence[str] = DEFAULT_SEARCH_FIELDS, *, case: bool = False
+    ) -> np.ndarray:
+        """Indices of samples where ``pattern`` (a regular expression) matches any field.
+
+        Vectorised: each field is joined into one newline-separated byte string and scanned
+        once by the regex engine; match offsets map back to samples with ``searchsorted``.
+        Matching is per field value (a match cannot span two samples or two fields).
+        """
+        try:
+            rx = re.compile(pattern.encode(), 0 if case else re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"invalid search pattern {pattern!r}: {e}") from None
+        hit = np.zeros(self.n_samples, dtype=bool)
+        for name in fields:
+            raw = self._raw_field(name)
+            vals = [v if isinstance(v, bytes) else str(v).encode() for v in raw]
+            vals = [v.replace(b"\n", b" ") for v in vals] if any(b"\n" in v for v in vals) else vals
+            lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+            starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+            blob = b"\n".join(vals)
+            pos = np.fromiter((m.start() for m in rx.finditer(blob)), dtype=np.int64)
+            if len(pos):
+                idx = np.searchsorted(starts, pos, side="right") - 1
+                hit[idx] = True
+        return np.flatnonzero(hit)
+
+    def select(
+        self,
+        *,
+        gsm: Iterable[str] | None = None,
+        series: Iterable[str] | None = None,
+        index: Iterable[int] | None = None,
+    ) -> np.ndarray:
+        """Sample indices by GSM accession, GEO series (GSE) or position (unions the criteria)."""
+        parts = []
+        if gsm is not None:
+            want = pd.Index(list(gsm))
+            pos = pd.Index(self.sample_ids).get_indexer(want)
+            missing = want[pos < 0]
+            if len(missing):
+                raise KeyError(
+                    f"{self.path}: {len(missing)} GSM id(s) not found, e.g. {list(missing[:5])}"
+                )
+            parts.append(pos)
+        if series is not None:
+            ser = pd.Series(self.sample_field("series_id"))
+            wanted = set(series)
+            # series_id may hold several comma-separated series
+            exploded = ser.str.split(",").explode()
+            parts.append(np.unique(exploded[exploded.isin(wanted)].index.to_numpy()))
+        if index is not None:
+            idx = np.asarray(list(index), dtype=np.int64)
+            if len(idx) and (idx.min() < 0 or idx.max() >= self.n_samples):
+                raise IndexError(f"{self.path}: sample index out of range [0, {self.n_samples})")
+            parts.append(idx)
+        if not parts:
+            return np.arange(self.n_samples)
+        return np.unique(np.concatenate(parts)).astype(np.int64)
+
+    # ------------------------------------------------------------------ QC
+    def qc(self, samples=None, *, threads: int | None = None) -> pd.DataFrame:
+        """Per-sample non-zero gene count and total counts, computed by the engine in one pass."""
+        samples = np.arange(self.n_samples) if samples is None else np.asarray(samples, np.int64)
+        _, nz, tot = self._read(samples, mode="counts", out=False, threads=threads)
+        return pd.DataFrame(
+            {"nonzero_genes": nz, "total_counts": tot},
+            index=pd.Index(self.sample_ids[samples], name="sample_id"),
+        )
+
+    def filter(
+        self,
+        samples=None,
+        *,
+        min_nonzero: int = 14_000,
+        max_singlecell: float | None = 0.5,
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """Samples passing QC: ≥ ``min_nonzero`` non-zero genes and, where the file has the
+        field, single-cell probability < ``max_singlecell``."""
+        samples = np.arange(self.n_samples) if samples is None else np.asarray(samples, np.int64)
+        keep = np.ones(len(samples), dtype=bool)
+        if max_singlecell is not None and self._field("singlecellprobability", SINGLECELL_FIELDS):
+            scp = np.asarray(self.sample_field("singlecellprobability"), dtype=np.float64)
+            keep &= scp[samples] < max_singlecell
+        if min_nonzero:
+            q = self.qc(samples[keep], threads=threads)
+            sub = np.flatnonzero(keep)
+            keep[sub] = q["nonzero_genes"].to_numpy() >= min_nonzero
+        log.info("%s: %d / %d samples pass QC", self.path, int(keep.sum()), len(samples))
+        return samples[keep]
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def chunk_index(self) -> _engine.ChunkIndex:
+        if self._index is None:
+            self._index = _engine.ChunkIndex.from_dataset(self.expression, self.transposed)
+        return self._index
+
+    def _read(self, samples, **kw):
+        idx = self.chunk_index if _engine.fast_path_problem(self.expression) is None else None
+        return _engine.read_matrix(
+            self.expression, samples, transposed=self.transposed, index=idx, **kw
+        )
+
+    def read(
+        self,
+        samples,
+        *,
+        mode: str = "counts",
+        alignment: Alignment | None = None,
+        lengths: np.ndarray | None = None,
+        mean=None,
+        std=None,
+        dtype=np.float32,
+        out: np.ndarray | None = None,
+        threads: int | None = None,
+        engine: str = "auto",
+    ) -> np.ndarray:
+        """Samples × genes matrix for ``samples`` (indices, in the given order).
+
+        ``mode="counts"`` gives raw uint32 counts of all file genes; ``"log1p_tpm"`` and
+        ``"z"`` need gene lengths — from ``alignment`` (which also reorders columns to a
+        reference) or ``lengths`` (file gene order). See :func:`bulkformer.data.engine.read_matrix`.
+        """
+        samples = np.asarray(samples, dtype=np.int64)
+        gene_map = n_out = None
+        if alignment is not None:
+            gene_map, lengths, n_out = alignment.gene_map, alignment.lengths, len(alignment.covered)
+        out, _, _ = self._read(
+            samples,
+            mode=mode,
+            gene_map=gene_map,
+            lengths=lengths,
+            n_out=n_out,
+            mean=mean,
+            std=std,
+            out=out,
+            dtype=dtype,
+            qc=False,
+            threads=threads,
+            engine=engine,
+        )
+        return out
+
+
+class ARCHS4Source(ExpressionSource):
+    """An :class:`~bulkformer.data.source.ExpressionSource` over (a selection of) an ARCHS4 file.
+
+    Parameters
+    ----------
+    path : the ARCHS4 ``.h5`` file (or an open :class:`ARCHS4File`).
+    samples : sample indices to include (default: all); see :meth:`ARCHS4File.search`,
+        :meth:`ARCHS4File.select` and :meth:`ARCHS4File.filter` to build them.
+    fields : sample metadata fields to carry into the corpus' ``samples.tsv``.
+    """
+
+    def __init__(
+        self, path, samples=None, *, fields: Sequence[str] | None = None, threads: int | None = None
+    ):
+        self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path)
+        self.path = self.file.path
+        self.rows = (
+            np.arange(self.file.n_samples)
+            if samples is None
+            else np.asarray(samples, dtype=np.int64)
+        )
+        self._fields = fields
+        self.threads = threads
+
+    @cached_property
+    def samples(self) -> pd.DataFrame:
+        df = self.file.samples(self._fields, rows=self.rows)
+        df.insert(0, "source", os.path.basename(self.path))
+        df.insert(1, "archs4_index", self.rows)
+        return df
+
+    @property
+    def gene_ids(self) -> np.ndarray:
+        return self.file.gene_ids
+
+    @property
+    def gene_symbols(self) -> np.ndarray:
+        return self.file.gene_symbols
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.rows)
+
+    def read_block(
+        self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
+    ) -> Block:
+        rows = np.asarray(rows, dtype=np.int64)
+        out, nz, tot = self.file._read(
+            self.rows[rows],
+            mode="log1p_tpm",
+            gene_map=alignment.gene_map,
+            lengths=alignment.lengths,
+            n_out=len(alignment.covered),
+            dtype=np.float32,
+            threads=threads if threads is not None else self.threads,
+        )
+        return Block(values=out, nonzero=nz, total=tot)

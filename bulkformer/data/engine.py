@@ -1,0 +1,336 @@
+"""Python face of the C++ engine (``bulkformer._C``) for chunked HDF5 count matrices.
+
+The engine reads a genes × samples ``uint32`` dataset straight from its raw chunks: h5py only
+enumerates the chunk index (``DatasetID.chunk_iter``), then C++ threads ``pread`` the chunks,
+undo the filters (deflate, shuffle), gather the requested samples and normalize them in the same
+pass (see :mod:`bulkformer.data.normalize` for the definitions), with the GIL released.
+
+Datasets the fast path does not handle — contiguous storage, filters other than deflate and
+shuffle, a dtype other than little-endian ``uint32`` — are read with h5py and normalized by the
+same C++ arithmetic (``_C.normalize_dense``), so both paths give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODES", "ChunkIndex", "EngineError", "fast_path_problem", "read_matrix", "inflate_only"]
+
+#: normalization modes understood by the engine
+MODES = {"counts": 0, "log1p_tpm": 1, "z": 2}
+_FILTER_IDS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle"}
+
+
+class EngineError(RuntimeError):
+    """A chunk could not be read or decoded (corrupt or truncated file)."""
+
+
+def _C():
+    try:
+        from bulkformer import _C
+    except ImportError as e:  # pragma: no cover - depends on the build
+        raise ImportError(
+            "bulkformer._C is not built: install the package with `pip install .` "
+            "(or `python setup.py build_ext --inplace` in a checkout)"
+        ) from e
+    return _C
+
+
+def filters_of(ds: h5py.Dataset) -> list[tuple[int, str]]:
+    """The dataset's filter pipeline in write order, as (HDF5 filter id, name)."""
+    plist = ds.id.get_create_plist()
+    out = []
+    for i in range(plist.get_nfilters()):
+        fid, _flags, _vals, name = plist.get_filter(i)
+        out.append((int(fid), name.decode(errors="replace") if isinstance(name, bytes) else name))
+    return out
+
+
+def fast_path_problem(ds: h5py.Dataset) -> str | None:
+    """Why the C++ raw-chunk path cannot read ``ds`` (None when it can)."""
+    if ds.chunks is None:
+        return "contiguous (unchunked) storage"
+    if ds.dtype.str != "<u4":
+        return f"dtype {ds.dtype.str} (the fast path reads little-endian uint32)"
+    if ds.ndim != 2:
+        return f"{ds.ndim}-D dataset"
+    for fid, name in filters_of(ds):
+        if fid not in _FILTER_IDS:
+            return f"filter {name!r} (id {fid})"
+    if ds.file.driver not in ("sec2", "stdio"):
+        return f"HDF5 driver {ds.file.driver!r}"
+    if ds.external:
+        return "external storage"
+    return None
+
+
+@dataclass
+class ChunkIndex:
+    """Byte offsets, stored sizes and filter masks of every chunk, as a (rows, cols) grid over
+    the logical genes × samples axes (``transposed`` when storage is samples × genes)."""
+
+    path: str
+    n_genes: int
+    n_samples: int
+    chunk_genes: int
+    chunk_samples: int
+    transposed: bool
+    filters: list[int]
+    offsets: np.ndarray  # (R, C) int64, -1 where the chunk was never written
+    sizes: np.ndarray  # (R, C) int64
+    masks: np.ndarray  # (R, C) uint32
+
+    @classmethod
+    def from_dataset(cls, ds: h5py.Dataset, transposed: bool = False) -> ChunkIndex:
+        if transposed:
+            n_samples, n_genes = ds.shape
+            cs, cg = ds.chunks
+        else:
+            n_genes, n_samples = ds.shape
+            cg, cs = ds.chunks
+        R, C = -(-n_genes // cg), -(-n_samples // cs)
+        offsets = np.full((R, C), -1, dtype=np.int64)
+        sizes = np.zeros((R, C), dtype=np.int64)
+        masks = np.zeros((R, C), dtype=np.uint32)
+        recs: list = []
+        ds.id.chunk_iter(
+            lambda ci: recs.append((*ci.chunk_offset, ci.byte_offset, ci.size, ci.filter_mask))
+        )
+        if recs:
+            a = np.array(recs, dtype=np.int64)
+            r0, r1 = (a[:, 1], a[:, 0]) if transposed else (a[:, 0], a[:, 1])
+            rr, cc = r0 // cg, r1 // cs
+            offsets[rr, cc] = a[:, 2]
+            sizes[rr, cc] = a[:, 3]
+            masks[rr, cc] = a[:, 4].astype(np.uint32)
+        return cls(
+            path=os.fspath(ds.file.filename),
+            n_genes=int(n_genes),
+            n_samples=int(n_samples),
+            chunk_genes=int(cg),
+            chunk_samples=int(cs),
+            transposed=transposed,
+            filters=[fid for fid, _ in filters_of(ds)],
+            offsets=offsets,
+            sizes=sizes,
+            masks=masks,
+        )
+
+    def _kw(self) -> dict:
+        return dict(
+            path=self.path,
+            n_genes=self.n_genes,
+            n_samples=self.n_samples,
+            chunk_genes=self.chunk_genes,
+            chunk_samples=self.chunk_samples,
+            transposed=self.transposed,
+            filters=self.filters,
+            offsets=self.offsets,
+            sizes=self.sizes,
+            masks=self.masks,
+        )
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        threads = int(os.environ.get("BULKFORMER_THREADS", "0") or 0)
+    return max(0, int(threads))
+
+
+def read_matrix(
+    ds: h5py.Dataset,
+    samples: np.ndarray,
+    *,
+    transposed: bool = False,
+    mode: str = "log1p_tpm",
+    gene_map: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
+    n_out: int | None = None,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    dtype=np.float32,
+    qc: bool = True,
+    stats: np.ndarray | None = None,
+    stats_rows: np.ndarray | None = None,
+    threads: int | None = None,
+    engine: str = "auto",
+    index: ChunkIndex | None = None,
+    max_scratch_bytes: int = 256 << 20,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Read and normalize samples of a genes × samples count dataset.
+
+    Parameters
+    ----------
+    ds : the count dataset (genes × samples; samples × genes with ``transposed=True``).
+    samples : (S,) sample (column) indices, any order, repeats allowed; output row k is
+        sample ``samples[k]``.
+    mode : ``"counts"`` (raw counts, duplicates summed), ``"log1p_tpm"`` or ``"z"``.
+    gene_map : (J,) output column of each gene of the file, -1 to drop; default identity.
+    lengths : (J,) gene lengths in bp for TPM (NaN/≤0 = unknown, excluded); required unless
+        ``mode="counts"``.
+    n_out : output columns (default J).
+    mean, std : (n_out,) per-gene statistics of log1p(TPM), for ``mode="z"``.
+    out : (S, n_out) float32/float16 (or uint32 for counts) buffer to write into; allocated with
+        ``dtype`` when None. Pass ``out=False`` for QC (and statistics) only.
+    qc : also return per-sample non-zero gene counts and total counts (over all genes).
+    stats : (3, n_out) float64 running (count, mean, M2) of log1p(TPM), updated in place.
+    stats_rows : (S,) bool, rows that feed ``stats`` (default all).
+    threads : worker threads (default: all cores, or ``$BULKFORMER_THREADS``).
+    engine : ``"auto"`` (C++ raw chunks when possible), ``"cpp"`` (error if not possible) or
+        ``"h5py"`` (the fallback path, same arithmetic).
+
+    Returns
+    -------
+    (out, nonzero, total) — ``nonzero``/``total`` are None when ``qc`` is false.
+    """
+    C = _C()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    shape = ds.shape
+    n_genes, n_samples = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    samples = np.ascontiguousarray(samples, dtype=np.int64).reshape(-1)
+    if len(samples) and (samples.min() < 0 or samples.max() >= n_samples):
+        raise IndexError(
+            f"sample index out of range [0, {n_samples}) for {ds.name} in {ds.file.filename}"
+        )
+    S = len(samples)
+    gene_map = (
+        np.arange(n_genes, dtype=np.int64)
+        if gene_map is None
+        else np.ascontiguousarray(gene_map, dtype=np.int64)
+    )
+    if gene_map.shape != (n_genes,):
+        raise ValueError(
+            f"gene_map has {gene_map.size} entries but {ds.name} in {ds.file.filename} has "
+            f"{n_genes} genes"
+        )
+    n_out = n_genes if n_out is None else int(n_out)
+    if lengths is None:
+        if mode != "counts":
+            raise ValueError("lengths (bp per gene) are required for TPM; none given")
+        lengths = np.ones(n_genes)
+    lengths = np.ascontiguousarray(lengths, dtype=np.float64)
+    if lengths.shape != (n_genes,):
+        raise ValueError(
+            f"lengths has {lengths.size} entries but {ds.name} in {ds.file.filename} has "
+            f"{n_genes} genes"
+        )
+    if mode == "z":
+        if mean is None or std is None:
+            raise ValueError("mode='z' needs mean and std")
+        mean = np.ascontiguousarray(mean, dtype=np.float64)
+        std = np.ascontiguousarray(std, dtype=np.float64)
+    if out is None:
+        out = np.empty((S, n_out), dtype=np.uint32 if mode == "counts" else dtype)
+    elif out is False:
+        out = None
+    nonzero = np.empty(S, dtype=np.int64) if qc else None
+    total = np.empty(S, dtype=np.float64) if qc else None
+    if stats_rows is not None:
+        stats_rows = np.ascontiguousarray(stats_rows, dtype=np.uint8)
+    kw = dict(
+        gene_map=gene_map,
+        n_out=n_out,
+        mode=MODES[mode],
+        out=out,
+        nonzero=nonzero,
+        total=total,
+        mean=mean,
+        std=std,
+        stats=stats,
+        stats_rows=stats_rows,
+        threads=_threads(threads),
+    )
+    problem = fast_path_problem(ds)
+    if engine == "cpp" and problem:
+        raise ValueError(f"{ds.file.filename}: the C++ engine cannot read {ds.name}: {problem}")
+    if engine not in ("auto", "cpp", "h5py"):
+        raise ValueError(f"engine must be 'auto', 'cpp' or 'h5py', got {engine!r}")
+    if engine == "h5py" or problem:
+        if problem and engine == "auto":
+            log.info("%s: %s: using the h5py path", ds.file.filename, problem)
+        _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total)
+        return out, nonzero, total
+    if index is None:
+        index = ChunkIndex.from_dataset(ds, transposed)
+    try:
+        C.read_normalize(
+            **index._kw(),
+            samples=samples,
+            lengths=lengths,
+            max_scratch_bytes=max_scratch_bytes,
+            **kw,
+        )
+    except RuntimeError as e:
+        raise EngineError(str(e)) from None
+    return out, nonzero, total
+
+
+def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
+    """Fallback: h5py reads whole sample blocks; the same C++ arithmetic normalizes them."""
+    n_samples = ds.shape[0] if transposed else ds.shape[1]
+    width = (ds.chunks[0] if transposed else ds.chunks[1]) if ds.chunks else 256
+    order = np.argsort(samples, kind="stable")
+    sorted_s = samples[order]
+    out = kw["out"]
+    blocks = np.unique(sorted_s // width)
+    for b in blocks:
+        lo, hi = int(b * width), int(min(n_samples, (b + 1) * width))
+        sel = np.flatnonzero((sorted_s >= lo) & (sorted_s < hi))
+        rows = order[sel]
+        cols = sorted_s[sel] - lo
+        block = ds[lo:hi, :] if transposed else ds[:, lo:hi].T  # (width, genes)
+        counts = block[cols]
+        if counts.dtype.kind == "u" and counts.dtype.itemsize <= 4:
+            counts = np.ascontiguousarray(counts, dtype=np.uint32)
+        else:
+            counts = np.ascontiguousarray(counts, dtype=np.float64)
+            bad = ~np.isfinite(counts) | (counts < 0)
+            if bad.any():
+                r, g = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"{ds.file.filename}: {ds.name} holds an invalid count {counts[r, g]!r} "
+                    f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected non-negative "
+                    "finite counts"
+                )
+        sub = dict(kw)
+        sub["out"] = None if out is None else np.empty((len(rows), kw["n_out"]), out.dtype)
+        sub["nonzero"] = np.empty(len(rows), np.int64)
+        sub["total"] = np.empty(len(rows), np.float64)
+        if kw["stats_rows"] is not None:
+            sub["stats_rows"] = np.ascontiguousarray(kw["stats_rows"][rows])
+        C.normalize_dense(counts, lengths=lengths, **sub)
+        if out is not None:
+            out[rows] = sub["out"]
+        if nonzero is not None:
+            nonzero[rows] = sub["nonzero"]
+            total[rows] = sub["total"]
+
+
+def inflate_only(
+    ds: h5py.Dataset, samples: np.ndarray, *, transposed: bool = False, threads: int | None = None
+) -> int:
+    """Decode every chunk the request touches and do nothing else; returns decoded bytes.
+
+    This is the ceiling the normalizing read is measured against in the benchmarks.
+    """
+    problem = fast_path_problem(ds)
+    if problem:
+        raise ValueError(f"{ds.file.filename}: the C++ engine cannot read {ds.name}: {problem}")
+    index = ChunkIndex.from_dataset(ds, transposed)
+    try:
+        return _C().inflate_only(
+            **index._kw(),
+            samples=np.ascontiguousarray(samples, dtype=np.int64),
+            threads=_threads(threads),
+        )
+    except RuntimeError as e:
+        raise EngineError(str(e)) from None

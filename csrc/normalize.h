@@ -1,0 +1,89 @@
+// Fused count -> TPM -> log1p -> z-score normalization, per-sample QC and streaming per-gene
+// statistics. Pure C++: no Python here. Used by the HDF5 chunk reader (h5reader.cpp) and, for
+// counts already in memory, by normalize_dense().
+//
+// Definitions (DESIGN.md): for sample s and source gene j with length L[j] (bp),
+//   TPM[j] = (C[j] / L[j]) / sum_k (C[k] / L[k]) * 1e6   over genes k with a known length,
+//   v = log1p(TPM) mapped to output column gene_map[j] (duplicates summed, -1 dropped),
+//   z = (v - mean) / std  (std == 0 or non-finite -> 0; columns no gene reaches -> 0).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bulkformer {
+
+enum class Mode : int { kCounts = 0, kLog1pTPM = 1, kZScore = 2 };
+enum class OutType : int { kNone = 0, kF32 = 1, kF16 = 2, kU32 = 3 };
+
+// Everything a normalization call needs; pointers are borrowed (owned by the caller).
+struct NormSpec {
+  int64_t n_src = 0;                   // source genes
+  int64_t n_out = 0;                   // output columns
+  const int64_t* gene_map = nullptr;   // [n_src] output column or -1
+  const double* lengths = nullptr;     // [n_src] bp; <= 0 or non-finite = unknown
+  const double* mean = nullptr;        // [n_out] (z mode)
+  const double* stdev = nullptr;       // [n_out] (z mode)
+  Mode mode = Mode::kLog1pTPM;
+  OutType out_type = OutType::kNone;   // kNone: QC (and stats) only
+  void* out = nullptr;                 // [n_rows, n_out] row-major, rows = requested samples
+  int64_t out_row_stride = 0;          // elements between rows of `out`
+  int64_t* nonzero = nullptr;          // [n_rows] QC: non-zero source genes
+  double* total = nullptr;             // [n_rows] QC: total counts
+  double* stats = nullptr;             // [3, n_out] count, mean, M2 (merged into), or null
+  const uint8_t* stats_rows = nullptr; // [n_rows] which rows feed the statistics (null = all)
+};
+
+// Derived per-call tables (1/L, validity, coverage, 1/std).
+struct NormPlan {
+  explicit NormPlan(const NormSpec& spec);
+  const NormSpec& spec;
+  std::vector<double> inv_len;      // [n_src] 1/L or 0 when unknown
+  std::vector<uint8_t> covered;     // [n_out]
+  std::vector<float> zmean, zinv;   // [n_out] z = (v - zmean) * zinv, zinv = 0 where std bad
+  bool needs_scratch() const;       // true when values cannot be accumulated in `out` itself
+};
+
+// Running state of one sample while its genes arrive (in gene order, in any number of pieces).
+struct SampleAcc {
+  float* scratch = nullptr;  // [n_out] accumulated C/L per output column (or counts)
+  double denom = 0.0;        // sum of C/L over genes of known length
+  int64_t nonzero = 0;
+  double total = 0.0;
+};
+
+// Per-worker partial statistics, merged into spec.stats at the end of a call.
+struct LocalStats {
+  double count = 0.0;
+  std::vector<double> mean, m2;
+  void reset(int64_t n_out);
+  void merge_into(double* stats, int64_t n_out) const;
+};
+
+// Prepares acc for row `row`: points scratch at the row of `out` (F32/U32) or at `scratch`.
+void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* scratch);
+
+// Adds source genes [g0, g1) of one sample; src[(g - g0) * stride] is gene g's count.
+template <typename T>
+void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, const T* src,
+                int64_t stride);
+
+// Writes row `row` of out (and QC, stats) from the finished accumulator.
+void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats);
+
+// Counts already in memory: counts[r * count_stride + j], rows in [0, n_rows).
+template <typename T>
+void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int64_t count_stride,
+                     int threads);
+
+extern template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,
+                                          const uint32_t*, int64_t);
+extern template void accumulate<double>(const NormPlan&, SampleAcc&, int64_t, int64_t,
+                                        const double*, int64_t);
+extern template void normalize_dense<uint32_t>(const NormSpec&, const uint32_t*, int64_t, int64_t,
+                                               int);
+extern template void normalize_dense<double>(const NormSpec&, const double*, int64_t, int64_t,
+                                             int);
+
+}  // namespace bulkformer
