@@ -297,7 +297,7 @@ def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
             if bad.any():
                 r, g = np.argwhere(bad)[0]
                 raise ValueError(
-                    f"{ds.file.filename}: {ds.name} holds an invalid count {counts[r, g]!r} "
+                    f"{ds.file.filename}: {ds.name} holds an invalid count {float(counts[r, g])!r} "
                     f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected non-negative "
                     "finite counts"
                 )

@@ -1,0 +1,352 @@
+"""C++ engine vs the numpy reference on random files with odd shapes and every filter layout."""
+
+import h5py
+import numpy as np
+import pytest
+
+from bulkformer.data import engine
+from bulkformer.data.engine import EngineError, read_matrix
+from bulkformer.data.normalize import GeneStats, log1p_tpm_ref, qc_ref, zscore_ref
+
+_C = pytest.importorskip("bulkformer._C")
+
+G, S = 1037, 301  # odd sizes: not multiples of any chunk extent below
+
+
+@pytest.fixture(scope="module")
+def data():
+    r = np.random.default_rng(7)
+    counts = (r.negative_binomial(2, 0.05, (G, S)) * (r.random((G, S)) < 0.6)).astype(np.uint32)
+    counts[:, 5] = 0  # an all-zero sample
+    counts[10, :] = 0  # a gene never expressed
+    counts[11, 3] = 4_000_000_000  # a huge count
+    lengths = r.uniform(200, 9000, G)
+    lengths[[3, 50]] = np.nan  # unknown lengths: excluded from TPM
+    lengths[7] = 0
+    lengths[8] = -5
+    gene_map = r.integers(-1, 480, G)  # drops, duplicates (summed), a subset of columns
+    return counts, lengths, gene_map, 480
+
+
+LAYOUTS = {
+    "gzip": dict(chunks=(100, 7), compression="gzip"),
+    "gzip+shuffle": dict(chunks=(64, 64), compression="gzip", shuffle=True),
+    "shuffle-only": dict(chunks=(13, 300), shuffle=True),
+    "no-filter": dict(chunks=(1037, 1)),
+    "gzip-9-wide": dict(chunks=(5, 301), compression="gzip", compression_opts=9),
+    "lzf (fallback)": dict(chunks=(100, 10), compression="lzf"),
+    "fletcher32 (fallback)": dict(chunks=(100, 10), compression="gzip", fletcher32=True),
+    "contiguous (fallback)": dict(),
+}
+
+
+def _write(path, counts, transposed=False, dtype=None, **kw):
+    data = counts.T if transposed else counts
+    if transposed and "chunks" in kw:
+        kw = dict(kw, chunks=kw["chunks"][::-1])
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=data.astype(dtype) if dtype else data, **kw)
+    return path
+
+
+def _ulp16_close(a16, ref, atol=1e-4):
+    """float16 output within one float16 ulp of the float64 reference (plus a small atol for
+    the float32 arithmetic before rounding, which matters only next to zero)."""
+    ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64)
+    return bool(np.all(np.abs(a16.astype(np.float64) - ref) <= ulp + atol))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("transposed", [False, True])
+def test_log1p_tpm_and_qc_match_reference(tmp_path, data, layout, transposed):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, transposed, **LAYOUTS[layout])
+    samples = np.random.default_rng(1).permutation(S)[:173]
+    samples[:3] = samples[0]  # repeats allowed
+    ref = log1p_tpm_ref(counts[:, samples].T, lengths, gene_map, n_out)
+    nz_ref, tot_ref = qc_ref(counts[:, samples].T)
+    with h5py.File(path) as f:
+        if "fallback" not in layout:
+            assert engine.fast_path_problem(f["x"]) is None
+        else:
+            assert engine.fast_path_problem(f["x"]) is not None
+        out, nz, tot = read_matrix(
+            f["x"], samples, transposed=transposed, gene_map=gene_map, lengths=lengths, n_out=n_out
+        )
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(nz, nz_ref)
+    np.testing.assert_array_equal(tot, tot_ref)
+    assert np.isfinite(out).all()
+    assert (out[samples == 5] == 0).all()  # all-zero sample: zeros, never NaN
+
+
+@pytest.mark.parametrize("layout", ["gzip", "gzip+shuffle", "shuffle-only"])
+def test_fast_path_and_h5py_path_are_bit_identical(tmp_path, data, layout):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, **LAYOUTS[layout])
+    samples = np.arange(S)[::-2]
+    r = np.random.default_rng(2)
+    mean, std = r.normal(2, 1, n_out), r.uniform(0, 2, n_out)
+    std[:20] = 0
+    with h5py.File(path) as f:
+        for mode, dtype in [("log1p_tpm", np.float32), ("z", np.float16), ("counts", np.uint32)]:
+            a = read_matrix(
+                f["x"],
+                samples,
+                gene_map=gene_map,
+                lengths=lengths,
+                n_out=n_out,
+                mode=mode,
+                mean=mean,
+                std=std,
+                dtype=dtype,
+                engine="cpp",
+            )[0]
+            b = read_matrix(
+                f["x"],
+                samples,
+                gene_map=gene_map,
+                lengths=lengths,
+                n_out=n_out,
+                mode=mode,
+                mean=mean,
+                std=std,
+                dtype=dtype,
+                engine="h5py",
+            )[0]
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("scratch", [256 << 20, 1])  # 1 byte forces one sample per task
+def test_z_float16_matches_reference_any_threads(tmp_path, data, threads, scratch):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip+shuffle"])
+    samples = np.arange(S)
+    v = log1p_tpm_ref(counts.T, lengths, gene_map, n_out)
+    mean, std = v.mean(0), v.std(0)
+    std[np.random.default_rng(0).random(n_out) < 0.05] = 0  # σ = 0 genes → z = 0
+    cov = np.zeros(n_out, bool)
+    ok = (gene_map >= 0) & np.isfinite(lengths) & (lengths > 0)
+    cov[gene_map[ok]] = True
+    ref = zscore_ref(v, mean, std, cov)
+    with h5py.File(path) as f:
+        out = read_matrix(
+            f["x"],
+            samples,
+            gene_map=gene_map,
+            lengths=lengths,
+            n_out=n_out,
+            mode="z",
+            mean=mean,
+            std=std,
+            dtype=np.float16,
+            threads=threads,
+            max_scratch_bytes=scratch,
+        )[0]
+    assert out.dtype == np.float16
+    assert np.isfinite(out).all()
+    assert _ulp16_close(out, ref)
+    assert (out[:, std == 0] == 0).all()
+    assert (out[:, ~cov] == 0).all()  # missing columns are 0 in z too
+
+
+def test_counts_mode_sums_duplicates_exactly(tmp_path, data):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip"])
+    samples = np.arange(0, S, 3)
+    want = np.zeros((len(samples), n_out), np.uint64)
+    for j in np.flatnonzero(gene_map >= 0):
+        want[:, gene_map[j]] += counts[j, samples]
+    with h5py.File(path) as f:
+        out = read_matrix(f["x"], samples, mode="counts", gene_map=gene_map, n_out=n_out)[0]
+        ident = read_matrix(f["x"], samples, mode="counts")[0]
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, want.astype(np.uint32))
+    np.testing.assert_array_equal(ident, counts[:, samples].T)
+
+
+def test_streaming_stats_match_reference(tmp_path, data):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip"])
+    rows = np.random.default_rng(3).random(S) < 0.7
+    stats = np.zeros((3, n_out))
+    with h5py.File(path) as f:
+        # two calls accumulate into the same statistics
+        half = S // 2
+        for sl in (slice(0, half), slice(half, S)):
+            idx = np.arange(S)[sl]
+            read_matrix(
+                f["x"],
+                idx,
+                gene_map=gene_map,
+                lengths=lengths,
+                n_out=n_out,
+                out=False,
+                stats=stats,
+                stats_rows=rows[sl],
+                threads=2,
+            )
+    v = log1p_tpm_ref(counts.T, lengths, gene_map, n_out)[rows]
+    ref = GeneStats(n_out).update(v)
+    got = GeneStats.from_array(stats)
+    np.testing.assert_array_equal(got.count, rows.sum())
+    np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.std, ref.std, rtol=1e-4, atol=1e-5)
+
+
+def test_unwritten_chunks_and_skipped_filters(tmp_path):
+    r = np.random.default_rng(4)
+    counts = r.integers(0, 50, (40, 30)).astype(np.uint32)
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=(40, 30), dtype="<u4", chunks=(10, 7), compression="gzip")
+        ds[10:20, :] = counts[10:20]  # other chunk rows never written: fill value 0
+        # a chunk stored with its deflate filter skipped (filter_mask bit 0 set)
+        raw = np.ascontiguousarray(counts[20:30, 7:14]).tobytes()
+        ds.id.write_direct_chunk((20, 7), raw, filter_mask=1)
+    want = np.zeros_like(counts)
+    want[10:20] = counts[10:20]
+    want[20:30, 7:14] = counts[20:30, 7:14]
+    with h5py.File(path) as f:
+        got = read_matrix(f["x"], np.arange(30), mode="counts", engine="cpp")[0]
+        via_h5py = read_matrix(f["x"], np.arange(30), mode="counts", engine="h5py")[0]
+    np.testing.assert_array_equal(got, want.T)
+    np.testing.assert_array_equal(via_h5py, want.T)
+
+
+def test_big_endian_and_float_counts_use_fallback(tmp_path, data):
+    counts, lengths, gene_map, n_out = data
+    ref = log1p_tpm_ref(counts.T, lengths, gene_map, n_out)
+    for dtype in (">u4", "<f4", "<i8"):
+        path = _write(tmp_path / "x.h5", counts, dtype=dtype, chunks=(100, 7), compression="gzip")
+        with h5py.File(path) as f:
+            assert "dtype" in engine.fast_path_problem(f["x"])
+            with pytest.raises(ValueError, match="cannot read"):
+                read_matrix(
+                    f["x"],
+                    np.arange(S),
+                    gene_map=gene_map,
+                    lengths=lengths,
+                    n_out=n_out,
+                    engine="cpp",
+                )
+            out = read_matrix(
+                f["x"], np.arange(S), gene_map=gene_map, lengths=lengths, n_out=n_out
+            )[0]
+        tol = 1e-3 if dtype == "<f4" else 2e-6  # 4e9 is not exact in float32
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+
+
+def test_negative_or_nan_counts_rejected(tmp_path):
+    c = np.ones((20, 6), np.float32)
+    c[3, 2] = -1
+    path = _write(tmp_path / "x.h5", c, chunks=(5, 2))
+    with h5py.File(path) as f, pytest.raises(ValueError, match=r"x\.h5.*invalid count -1"):
+        read_matrix(f["x"], np.arange(6), lengths=np.ones(20))
+    c[3, 2] = np.nan
+    path = _write(tmp_path / "y.h5", c, chunks=(5, 2))
+    with h5py.File(path) as f, pytest.raises(ValueError, match=r"y\.h5.*invalid count nan"):
+        read_matrix(f["x"], np.arange(6), lengths=np.ones(20))
+
+
+def test_bad_arguments_have_clear_errors(tmp_path, data):
+    counts, lengths, gene_map, n_out = data
+    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip"])
+    with h5py.File(path) as f:
+        ds = f["x"]
+        with pytest.raises(ValueError, match=r"lengths has 10 entries .* 1037 genes"):
+            read_matrix(ds, [0], lengths=np.ones(10))
+        with pytest.raises(ValueError, match=r"gene_map has 3 entries"):
+            read_matrix(ds, [0], lengths=lengths, gene_map=[0, 1, 2])
+        with pytest.raises(IndexError, match="out of range"):
+            read_matrix(ds, [S], lengths=lengths)
+        with pytest.raises(ValueError, match="needs mean and std"):
+            read_matrix(ds, [0], lengths=lengths, mode="z")
+        with pytest.raises(ValueError, match="lengths .* required"):
+            read_matrix(ds, [0])
+        with pytest.raises(ValueError, match="mode must be"):
+            read_matrix(ds, [0], lengths=lengths, mode="tpm")
+        with pytest.raises(ValueError, match="gene_map values"):
+            read_matrix(ds, [0], lengths=lengths, gene_map=np.full(G, 5), n_out=3)
+        with pytest.raises(ValueError, match="float32, float16 or uint32"):
+            read_matrix(ds, [0], lengths=lengths, dtype=np.float64)
+
+
+def _corrupt(path, offset, nbytes, rng):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_corrupt_chunks_raise_clean_errors(tmp_path, data, seed):
+    counts = data[0]
+    path = _write(
+        tmp_path / "bad.h5", counts, chunks=(100, 7), compression="gzip", shuffle=bool(seed % 2)
+    )
+    rng = np.random.default_rng(seed)
+    with h5py.File(path) as f:
+        idx = engine.ChunkIndex.from_dataset(f["x"])
+    r, c = rng.integers(0, idx.offsets.shape[0]), rng.integers(0, idx.offsets.shape[1])
+    off, size = int(idx.offsets[r, c]), int(idx.sizes[r, c])
+    n = int(rng.integers(1, max(2, size // 2)))
+    _corrupt(path, off + int(rng.integers(0, max(1, size - n))), n, rng)
+    with h5py.File(path) as f:
+        try:
+            out = read_matrix(f["x"], np.arange(S), lengths=np.ones(G), engine="cpp", threads=2)[0]
+        except EngineError as e:
+            msg = str(e)
+            assert "bad.h5" in msg and "chunk (" in msg, msg
+        else:  # bytes that happen to stay a valid stream still give finite output
+            assert np.isfinite(out).all()
+
+
+def test_truncated_file_raises(tmp_path, data):
+    counts = data[0]
+    path = _write(tmp_path / "t.h5", counts, chunks=(100, 7), compression="gzip")
+    with h5py.File(path) as f:  # h5py refuses to open a truncated file: truncate under it
+        idx = engine.ChunkIndex.from_dataset(f["x"])
+        last = int((idx.offsets + idx.sizes).max())
+        with open(path, "r+b") as fh:
+            fh.truncate(last - 10)
+        with pytest.raises(EngineError, match=r"t\.h5.*past the end"):
+            read_matrix(f["x"], np.arange(S), lengths=np.ones(G), engine="cpp", index=idx)
+
+
+def test_float_to_half_matches_numpy():
+    r = np.random.default_rng(0)
+    bits = r.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    x = x[np.isfinite(x)]
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            65519.99,
+            6.1e-5,
+            5.96e-8,
+            2.98e-8,
+            2.9802322e-08,
+            1.0 + 2**-11,
+            1.0 + 3 * 2**-11,
+            1e-10,
+            -3.4e38,
+        ],
+        dtype=np.float32,
+    )
+    x = np.concatenate([x, special, r.normal(0, 3, 200_000).astype(np.float32)])
+    with np.errstate(over="ignore"):  # overflow to inf is part of what is compared
+        want = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_C.float_to_half(x), want)
+
+
+def test_inflate_only_counts_bytes(tmp_path, data):
+    counts = data[0]
+    path = _write(tmp_path / "x.h5", counts, chunks=(100, 7), compression="gzip")
+    with h5py.File(path) as f:
+        n = engine.inflate_only(f["x"], [0, 1, 8])  # two chunk columns
+    assert n == 2 * 11 * 100 * 7 * 4
