@@ -12,8 +12,7 @@ import logging
 import sys
 
 # module path → subcommands it registers (imported only when one of them is used or for --help)
-COMMAND_MODULES = [
-]
+COMMAND_MODULES = []
 
 
 def create_parser() -> argparse.ArgumentParser:

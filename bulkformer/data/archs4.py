@@ -306,10 +306,11 @@ class ARCHS4File:
 
         Vectorised: each field is joined into one newline-separated byte string and scanned
         once by the regex engine; match offsets map back to samples with ``searchsorted``.
-        Matching is per field value (a match cannot span two samples or two fields).
+        Matching is per field value (a match cannot span two samples or two fields; ``^`` and
+        ``$`` anchor at the start and end of each value).
         """
         try:
-            rx = re.compile(pattern.encode(), 0 if case else re.IGNORECASE)
+            rx = re.compile(pattern.encode(), re.MULTILINE | (0 if case else re.IGNORECASE))
         except re.error as e:
             raise ValueError(f"invalid search pattern {pattern!r}: {e}") from None
         hit = np.zeros(self.n_samples, dtype=bool)

@@ -1,0 +1,190 @@
+"""ARCHS4 reader: layouts and field-name variants, metadata, search, selection, QC, reads."""
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from bulkformer.data.archs4 import ARCHS4File, ARCHS4FormatError, ARCHS4Source
+from bulkformer.data.genes import GeneReference
+from bulkformer.data.normalize import log1p_tpm_ref, qc_ref
+from bulkformer.data.source import align_genes
+from bulkformer.data.synthetic import make_archs4
+
+pytest.importorskip("bulkformer._C")
+
+NG, NS = 1203, 157
+
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory):
+    p = tmp_path_factory.mktemp("a4") / "human_gene_v2.2.h5"
+    make_archs4(p, NG, NS, chunks=(400, 16), shuffle=True, seed=3)
+    return str(p)
+
+
+def _counts(path):
+    with h5py.File(path) as f:
+        d = f["data/expression"][:]
+    return d if d.shape[0] == NG else d.T
+
+
+def test_describe_and_metadata(v2):
+    with ARCHS4File(v2) as f:
+        d = f.describe()
+        assert d["version"] == "2.2"
+        assert d["shape"] == (NG, NS) and d["layout"] == "genes × samples"
+        assert d["chunks"] == (400, 16)
+        assert d["filters"] == ["shuffle", "deflate"]
+        assert d["fast_path"].startswith("yes")
+        assert f.gene_ids[0] == "ENSG00000000000" and len(f.gene_ids) == NG
+        df = f.samples(["title", "series_id"], rows=[2, 0])
+        assert list(df.index) == ["GSM1000002", "GSM1000000"]
+        assert df["title"].iloc[0].endswith("sample 2")
+        with pytest.raises(KeyError, match="no sample field 'nope'.*available"):
+            f.sample_field("nope")
+
+
+def test_field_name_variants_and_old_transposed_layout(tmp_path, v2):
+    old = tmp_path / "old.h5"
+    make_archs4(
+        old,
+        NG,
+        NS,
+        chunks=(400, 16),
+        shuffle=True,
+        seed=3,
+        transposed=True,
+        id_field="ensembl_gene",
+        aligned_field="alignedreads",
+        version="1.0",
+    )
+    with ARCHS4File(old) as f, ARCHS4File(v2) as g:
+        assert f.transposed and not g.transposed
+        assert f.describe()["layout"].startswith("samples × genes")
+        np.testing.assert_array_equal(f.gene_ids, g.gene_ids)  # ensembl_gene variant
+        np.testing.assert_array_equal(
+            f.sample_field("readsaligned"), g.sample_field("readsaligned")
+        )  # alignedreads variant
+        idx = np.array([5, 0, 156, 77])
+        np.testing.assert_array_equal(f.read(idx), g.read(idx))
+        np.testing.assert_array_equal(f.read(idx), _counts(v2)[:, idx].T)
+
+
+def test_old_meta_sample_fields(tmp_path):
+    p = tmp_path / "v1.h5"
+    c = np.random.default_rng(0).integers(0, 9, (30, 12)).astype(np.uint32)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("data/expression", data=c, chunks=(10, 4), compression="gzip")
+        f.create_dataset(
+            "meta/genes",
+            data=np.array([f"G{i}".encode() for i in range(30)]),
+            dtype=h5py.string_dtype(),
+        )
+        f.create_dataset(
+            "meta/Sample_geo_accession",
+            data=np.array([f"GSM{i}".encode() for i in range(12)]),
+            dtype=h5py.string_dtype(),
+        )
+        f.create_dataset(
+            "meta/Sample_title",
+            data=np.array([b"liver x"] * 6 + [b"brain"] * 6),
+            dtype=h5py.string_dtype(),
+        )
+    with ARCHS4File(p) as f:
+        assert not f.has_ensembl_ids
+        assert f.gene_ids[3] == "G3"  # symbols stand in for IDs
+        assert f.sample_ids[2] == "GSM2"
+        np.testing.assert_array_equal(f.search("LIVER", fields=["title"]), np.arange(6))
+        np.testing.assert_array_equal(f.read([1, 4]), c[:, [1, 4]].T)
+
+
+def test_search_matches_pandas_oracle(v2):
+    with ARCHS4File(v2) as f:
+        for pat, fields in [
+            ("liver|brain", ("title",)),
+            (r"age: 2\d", ("characteristics_ch1",)),
+            ("^human k", ("source_name_ch1",)),
+            ("LUNG", ("title", "source_name_ch1")),
+        ]:
+            want = np.zeros(NS, bool)
+            for fld in fields:
+                want |= pd.Series(f.sample_field(fld)).str.contains(pat, case=False, regex=True)
+            np.testing.assert_array_equal(f.search(pat, fields=fields), np.flatnonzero(want))
+        assert len(f.search("zzz-no-match")) == 0
+        with pytest.raises(ValueError, match="invalid search pattern"):
+            f.search("(")
+
+
+def test_select(v2):
+    with ARCHS4File(v2) as f:
+        assert f.select(gsm=["GSM1000009", "GSM1000001"]).tolist() == [1, 9]
+        ser = f.sample_field("series_id")
+        s0 = ser[0]
+        np.testing.assert_array_equal(f.select(series=[s0]), np.flatnonzero(ser == s0))
+        assert f.select(index=[3, 1], gsm=["GSM1000001"]).tolist() == [1, 3]
+        with pytest.raises(KeyError, match="not found"):
+            f.select(gsm=["GSM0"])
+        with pytest.raises(IndexError):
+            f.select(index=[NS])
+
+
+def test_qc_and_filter_match_numpy(v2):
+    counts = _counts(v2)
+    nz, tot = qc_ref(counts.T)
+    with ARCHS4File(v2) as f:
+        q = f.qc()
+        np.testing.assert_array_equal(q["nonzero_genes"], nz)
+        np.testing.assert_array_equal(q["total_counts"], tot)
+        scp = f.sample_field("singlecellprobability")
+        thr = int(np.median(nz))
+        want = np.flatnonzero((nz >= thr) & (scp < 0.5))
+        np.testing.assert_array_equal(f.filter(min_nonzero=thr), want)
+        sub = np.arange(0, NS, 2)
+        np.testing.assert_array_equal(f.filter(sub, min_nonzero=thr), np.intersect1d(want, sub))
+
+
+def test_source_read_block_vs_reference(v2):
+    counts = _counts(v2)
+    rng = np.random.default_rng(0)
+    with ARCHS4File(v2) as f:
+        ids = f.gene_ids
+    pick = rng.permutation(NG)[:500]
+    ref = GeneReference(
+        np.concatenate([ids[pick], ["ENSG99999999999"]]),
+        np.array([""] * 501, dtype=object),
+        np.concatenate([rng.uniform(300, 5000, 500), [1000.0]]),
+    )
+    al = align_genes(ids, ref, default_lengths=pd.Series(rng.uniform(300, 5000, NG), index=ids))
+    assert al.n_matched == 500 and al.n_unused == NG - 500
+    assert "matched 500 / 501 reference genes" in al.report()
+    src = ARCHS4Source(v2, samples=np.arange(10, 60))
+    assert src.n_samples == 50 and src.samples.index[0] == "GSM1000010"
+    rows = np.array([3, 0, 49])
+    blk = src.read_block(rows, al)
+    want = log1p_tpm_ref(counts[:, 10 + rows].T, al.lengths, al.gene_map, len(ref))
+    np.testing.assert_allclose(blk.values, want, rtol=2e-6, atol=2e-6)
+    assert (blk.values[:, -1] == 0).all()  # the reference gene the file lacks
+    np.testing.assert_array_equal(blk.nonzero, qc_ref(counts[:, 10 + rows].T)[0])
+
+
+def test_format_errors(tmp_path):
+    p = tmp_path / "empty.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("meta")
+    with pytest.raises(ARCHS4FormatError, match=r"empty\.h5: no dataset 'data/expression'"):
+        ARCHS4File(p)
+    p2 = tmp_path / "mismatch.h5"
+    make_archs4(p2, 50, 20, chunks=(10, 5))
+    with h5py.File(p2, "a") as f:
+        del f["meta/genes/symbol"], f["meta/genes/biotype"]
+        del f["meta/genes/ensembl_gene_id"]
+        f["meta/genes/ensembl_gene_id"] = np.array([b"ENSG1"] * 49, dtype=object)
+    with pytest.raises(ARCHS4FormatError, match=r"shape \(50, 20\) but meta/genes has 49"):
+        ARCHS4File(p2)
+    p3 = tmp_path / "notes.txt"
+    p3.write_text("hello")
+    with pytest.raises(ARCHS4FormatError, match="not a readable HDF5 file"):
+        ARCHS4File(p3)
+    with pytest.raises(FileNotFoundError):
+        ARCHS4File(tmp_path / "nope.h5")
