@@ -126,7 +126,9 @@ ChunkedMatrix make_matrix(const std::string& path, int64_t n_genes, int64_t n_sa
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bulkformer C++ engine: HDF5 raw-chunk reader and fused count normalizer";
-  m.attr("inflate_backend") = inflate_backend();
+  m.def("inflate_backend", &inflate_backend,
+        "The inflate library in use: libdeflate, or zlib (always built; forced with "
+        "BULKFORMER_INFLATE=zlib).");
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
   m.attr("have_libdeflate") = true;
 #else

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
@@ -10,9 +11,17 @@
 
 namespace bulkformer {
 
+namespace {
+// BULKFORMER_INFLATE=zlib selects zlib even when libdeflate was linked (tests, benchmarks).
+bool zlib_forced() {
+  const char* v = std::getenv("BULKFORMER_INFLATE");
+  return v && std::strcmp(v, "zlib") == 0;
+}
+}  // namespace
+
 Inflater::Inflater() {
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
-  impl_ = libdeflate_alloc_decompressor();
+  if (!zlib_forced()) impl_ = libdeflate_alloc_decompressor();
 #endif
 }
 
@@ -88,7 +97,7 @@ void unshuffle(const uint8_t* in, uint8_t* out, size_t nbytes, size_t elem_size)
 
 const char* inflate_backend() {
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
-  return "libdeflate";
+  return zlib_forced() ? "zlib" : "libdeflate";
 #else
   return "zlib";
 #endif

@@ -13,6 +13,18 @@ _C = pytest.importorskip("bulkformer._C")
 G, S = 1037, 301  # odd sizes: not multiples of any chunk extent below
 
 
+@pytest.fixture(params=["default", "zlib"])
+def inflate(request, monkeypatch):
+    """Run a test with the build's inflate library and again with zlib forced."""
+    if request.param == "zlib":
+        monkeypatch.setenv("BULKFORMER_INFLATE", "zlib")
+    else:
+        monkeypatch.delenv("BULKFORMER_INFLATE", raising=False)
+    want = "zlib" if request.param == "zlib" or not _C.have_libdeflate else "libdeflate"
+    assert _C.inflate_backend() == want
+    return want
+
+
 @pytest.fixture(scope="module")
 def data():
     r = np.random.default_rng(7)
@@ -58,7 +70,7 @@ def _ulp16_close(a16, ref, atol=1e-4):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("transposed", [False, True])
-def test_log1p_tpm_and_qc_match_reference(tmp_path, data, layout, transposed):
+def test_log1p_tpm_and_qc_match_reference(tmp_path, data, layout, transposed, inflate):
     counts, lengths, gene_map, n_out = data
     path = _write(tmp_path / "x.h5", counts, transposed, **LAYOUTS[layout])
     samples = np.random.default_rng(1).permutation(S)[:173]
@@ -281,7 +293,7 @@ def _corrupt(path, offset, nbytes, rng):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_corrupt_chunks_raise_clean_errors(tmp_path, data, seed):
+def test_corrupt_chunks_raise_clean_errors(tmp_path, data, seed, inflate):
     counts = data[0]
     path = _write(
         tmp_path / "bad.h5", counts, chunks=(100, 7), compression="gzip", shuffle=bool(seed % 2)
