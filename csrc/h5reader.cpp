@@ -157,34 +157,59 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   if (spec.n_src != m.n_genes) throw std::invalid_argument("gene_map length != genes in file");
   NormPlan plan(spec);
   const bool scratch = plan.needs_scratch();
+  const int64_t row_len = spec.n_out + 1;  // scratch row: n_out values + a sink slot
   int64_t max_group = int64_t{1} << 40;
-  if (scratch) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * spec.n_out + 1));
+  if (scratch) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
   std::vector<Task> tasks = plan_tasks(m, samples, n, max_group);
   const int threads =
       std::min<int>(resolve_threads(opt.threads), std::max<int>(1, static_cast<int>(tasks.size())));
   File f(m.path);
   std::vector<ChunkBuffers> bufs(threads);
   std::vector<std::vector<float>> scr(threads);
+  std::vector<std::vector<uint32_t>> tbuf(threads);
   std::vector<LocalStats> stats(threads);
   if (spec.stats)
     for (auto& st : stats) st.reset(spec.n_out);
-  const int64_t gstride = m.transposed ? 1 : m.chunk_samples;
   parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
     const Task& t = tasks[ti];
     const int64_t g = static_cast<int64_t>(t.rows.size());
     std::vector<SampleAcc> accs(g);
-    if (scratch) scr[wid].resize(static_cast<size_t>(g * spec.n_out));
+    std::vector<int64_t> local(g);
+    for (int64_t k = 0; k < g; ++k) local[k] = samples[t.rows[k]] - t.col * m.chunk_samples;
+    if (scratch) scr[wid].resize(static_cast<size_t>(g * row_len));
     for (int64_t k = 0; k < g; ++k)
-      begin_sample(plan, accs[k], t.rows[k], scratch ? scr[wid].data() + k * spec.n_out : nullptr);
+      begin_sample(plan, accs[k], t.rows[k], scratch ? scr[wid].data() + k * row_len : nullptr);
     for (int64_t r = 0; r < m.grid_rows; ++r) {
       const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
       if (!data) continue;  // unwritten chunk: zeros contribute nothing
       const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
-      for (int64_t k = 0; k < g; ++k) {
-        const int64_t ls = samples[t.rows[k]] - t.col * m.chunk_samples;
-        const uint32_t* p = data + (m.transposed ? ls * m.chunk_genes : ls);
-        accumulate(plan, accs[k], g0, g1, p, gstride);
+      const int64_t rows_here = g1 - g0;
+      if (m.transposed) {  // storage is sample-major already
+        for (int64_t k = 0; k < g; ++k)
+          accumulate(plan, accs[k], g0, g1, data + local[k] * m.chunk_genes, 1);
+        continue;
       }
+      if (m.chunk_samples <= 16) {  // narrow chunk: a gene's samples share a cache line
+        for (int64_t k = 0; k < g; ++k)
+          accumulate(plan, accs[k], g0, g1, data + local[k], m.chunk_samples);
+        continue;
+      }
+      // Gene-major chunk: gather the requested columns into sample-major rows first (tiled,
+      // so both sides stay in cache), then every sample is one contiguous pass.
+      std::vector<uint32_t>& T = tbuf[wid];
+      T.resize(static_cast<size_t>(g * rows_here));
+      const int64_t cs = m.chunk_samples;
+      constexpr int64_t kTile = 64;
+      for (int64_t gb = 0; gb < rows_here; gb += kTile) {
+        const int64_t ge = std::min(rows_here, gb + kTile);
+        for (int64_t k = 0; k < g; ++k) {
+          const uint32_t* src = data + local[k];
+          uint32_t* dst = T.data() + k * rows_here;
+          for (int64_t gl = gb; gl < ge; ++gl) dst[gl] = src[gl * cs];
+        }
+      }
+      for (int64_t k = 0; k < g; ++k)
+        accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
     }
     for (int64_t k = 0; k < g; ++k) {
       const int64_t row = t.rows[k];

@@ -40,6 +40,9 @@ struct NormPlan {
   explicit NormPlan(const NormSpec& spec);
   const NormSpec& spec;
   std::vector<double> inv_len;      // [n_src] 1/L or 0 when unknown
+  std::vector<float> inv_len_f;     // the same in float32 (hot loop)
+  std::vector<int64_t> mapped_gene;  // source genes with an output column and a length (sorted)
+  std::vector<int32_t> mapped_col;   // their output columns
   std::vector<uint8_t> covered;     // [n_out]
   std::vector<float> zmean, zinv;   // [n_out] z = (v - zmean) * zinv, zinv = 0 where std bad
   bool needs_scratch() const;       // true when values cannot be accumulated in `out` itself
@@ -48,7 +51,7 @@ struct NormPlan {
 // Running state of one sample while its genes arrive (in gene order, in any number of pieces).
 struct SampleAcc {
   float* scratch = nullptr;  // [n_out] accumulated C/L per output column (or counts)
-  double denom = 0.0;        // sum of C/L over genes of known length
+  double denom4[4] = {0, 0, 0, 0};  // sum of C/L over genes of known length, 4 lanes (g % 4)
   int64_t nonzero = 0;
   double total = 0.0;
 };
@@ -61,7 +64,8 @@ struct LocalStats {
   void merge_into(double* stats, int64_t n_out) const;
 };
 
-// Prepares acc for row `row`: points scratch at the row of `out` (F32/U32) or at `scratch`.
+// Prepares acc for row `row`: scratch (n_out + 1 floats, when plan.needs_scratch()) or, for
+// counts, the output row itself.
 void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* scratch);
 
 // Adds source genes [g0, g1) of one sample; src[(g - g0) * stride] is gene g's count.
