@@ -8,6 +8,7 @@ import pytest
 from bulkformer.cli import main
 from bulkformer.data.genes import (
     GeneReference,
+    default_gene_lengths,
     gtf_gene_lengths,
     read_pep_genes,
     union_length,
@@ -229,3 +230,30 @@ def test_gtf_bad_coordinates(tmp_path):
     gtf.write_text('1\tx\texon\t10\tfoo\t.\t+\t.\tgene_id "G1";\n')
     with pytest.raises(ValueError, match="integer start"):
         gtf_gene_lengths(gtf)
+
+
+# ------------------------------------------------------------------ bundled default
+def test_default_reference_documented_counts():
+    ref = GeneReference.default()
+    assert len(ref) == 19944  # GENCODE v36 protein_coding, _PAR_Y dropped (PROVENANCE.md)
+    assert int(np.isnan(ref.lengths).sum()) == 1061
+    assert ref.gene_ids.tolist() == sorted(ref.gene_ids.tolist())
+    assert all(g.startswith("ENSG") and "." not in g for g in ref.gene_ids[:100])
+    assert ref.provenance["n_without_length"] == "1061"
+    assert "GENCODE v36" in ref.provenance["selection"]
+    tp53 = ref.index_of(["ENSG00000141510.17"])[0]
+    assert ref.symbols[tp53] == "TP53" and 2000 < ref.lengths[tp53] < 10000
+
+
+def test_default_gene_lengths():
+    s = default_gene_lengths()
+    assert s.dtype == np.float64 and s.index.is_unique and len(s) > 40000
+    assert (s > 0).all()
+    ref = GeneReference.default()
+    known = ref.gene_ids[np.isfinite(ref.lengths)]
+    np.testing.assert_array_equal(
+        s.reindex(known).to_numpy(), ref.lengths[np.isfinite(ref.lengths)]
+    )
+    assert s["ENSG00000002586_PAR_Y"] == s["ENSG00000002586"]  # CD99, a PAR gene
+    s.iloc[0] = -1.0  # a copy: the cached table is untouched
+    assert default_gene_lengths().iloc[0] > 0
