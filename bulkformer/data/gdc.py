@@ -204,31 +204,30 @@ def _learn_layout(path: str, data: bytes, column: str):
     if dup.any():
         raise ValueError(f"{path}: gene_id repeated, e.g. {np.asarray(genes)[dup][:3].tolist()}")
     meta = pd.DataFrame(
-        [ln.rstrip("\r").split("\t")[:3] for ln in lines[i + 1 + n_special :]],
+        [ln.rstrip("\r").split("\t", 3)[:3] for ln in lines[i + 1 + n_special :]],
         columns=["gene_id", "gene_name", "gene_type"][: min(3, len(header))],
     )
     # tabs before the counts field that sit at fixed offsets (after the string columns
     # gene_id, gene_name, gene_type); fields between those and the counts field are skipped
     n_fixed = min(header.index(column), 3)
-    tab_off = np.empty((len(rows), n_fixed), dtype=np.int64)
+    widths = []  # byte widths of the first n_fixed fields of every row
     for r, ln in enumerate(lines[i + 1 :]):
-        fields = ln.encode().split(b"\t", tab_off.shape[1])
-        if len(fields) <= tab_off.shape[1]:
+        fields = ln.encode().split(b"\t", n_fixed)
+        if len(fields) <= n_fixed:
             raise ValueError(
                 f"{path}: row {r + 1} after the header ({rows[r]}) has fewer than "
                 f"{len(header)} tab-separated fields"
             )
-        tab_off[r] = np.cumsum([len(f) + 1 for f in fields[:-1]]) - 1
+        widths.append([len(f) + 1 for f in fields[:n_fixed]])
+    tab_off = np.cumsum(np.asarray(widths, dtype=np.int64).reshape(len(rows), n_fixed), axis=1) - 1
     enc = [r.encode() + b"\t" for r in rows]
-    width = max(len(e) for e in enc)
-    width = -(-width // 8) * 8
-    if width > 32:
+    lens = np.array([len(e) for e in enc], dtype=np.int64)
+    width = -(-int(lens.max()) // 8) * 8
+    if width > _PAD:
         raise ValueError(f"{path}: gene_id longer than 31 characters: {max(rows, key=len)!r}")
-    id_bytes = np.zeros((len(enc), width), dtype=np.uint8)
-    id_mask = np.zeros((len(enc), width), dtype=np.uint8)
-    for r, e in enumerate(enc):
-        id_bytes[r, : len(e)] = np.frombuffer(e, dtype=np.uint8)
-        id_mask[r, : len(e)] = 0xFF
+    id_bytes = np.frombuffer(b"".join(e.ljust(width, b"\0") for e in enc), dtype=np.uint8)
+    id_bytes = id_bytes.reshape(len(enc), width).copy()
+    id_mask = np.where(np.arange(width) < lens[:, None], 0xFF, 0).astype(np.uint8)
     layout = _Layout(
         header=lines[i].encode(),
         skip_lines=i + 1,
