@@ -12,7 +12,9 @@ import logging
 import sys
 
 # module path → subcommands it registers (imported only when one of them is used or for --help)
-COMMAND_MODULES = []
+COMMAND_MODULES = [
+    "bulkformer.data.genes",  # genes build | info
+]
 
 
 def create_parser() -> argparse.ArgumentParser:
