@@ -1093,7 +1093,8 @@ def merge_parts(
                 st = CorpusStats.from_gene_stats(prog.stats, first["reference"]["id"], n_train)
             else:
                 st = CorpusStats.load(parts[0].path / "stats.npz")
-            excluded = pd.concat([p.excluded for p in parts], ignore_index=True)
+            excl = [p.excluded for p in parts]
+            excluded = pd.concat([e for e in excl if len(e)] or excl[:1], ignore_index=True)
             _write_corpus_tables(partial, all_samples, excluded, st)
             counts = all_samples["split"].value_counts()
             manifest["rows"] = {
