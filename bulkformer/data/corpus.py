@@ -279,7 +279,7 @@ def _fold(stats: GeneStats, values: np.ndarray, covered: np.ndarray) -> None:
     n = len(values)
     if n == 0:
         return
-    x = values[:, covered].astype(np.float64)
+    x = values.astype(np.float64) if covered.all() else values[:, covered].astype(np.float64)
     mean = x.mean(axis=0)
     x -= mean
     part = GeneStats(len(covered))
@@ -999,20 +999,18 @@ def _standardize(d, segments, source_index, stats, missing, prog, block_size, co
     scale = [np.where(~missing[s], inv, 0.0).astype(np.float32) for s in range(len(missing))]
     starts = np.concatenate([[0], np.cumsum([n for _, n in segments])])
     bar = _tqdm(N, "standardize", show, prog.rows_done)
+    n_work = min(os.cpu_count() or 1, 8)
+    pool = ThreadPoolExecutor(n_work)  # numpy releases the GIL: row chunks in parallel
     while prog.rows_done < N:
         r = prog.rows_done
         seg = int(np.searchsorted(starts, r, side="right") - 1)
         f, n_seg = segments[seg]
         n = min(block_size, N - r, int(starts[seg + 1]) - r)
-        v = f.read(r - int(starts[seg]), n)
-        z = np.empty((n, G), dtype=np.float16)
+        v = f.read(r - int(starts[seg]), n)  # (n, G) float32, standardized in place
         si = source_index[r : r + n]
-        for s in np.unique(si):
-            m = si == s
-            zz = v[m] - shift[s]
-            zz *= scale[s]
-            np.clip(zz, -FLOAT16_MAX, FLOAT16_MAX, out=zz)
-            z[m] = zz
+        z = np.empty((n, G), dtype=np.float16)
+        cuts = np.linspace(0, n, n_work + 1).astype(int)
+        list(pool.map(_zchunk, [(v, z, si, shift, scale, a, b) for a, b in zip(cuts, cuts[1:])]))
         expr.write(r, z)
         prog.rows_done += n
         prog.blocks_done += 1
@@ -1020,8 +1018,26 @@ def _standardize(d, segments, source_index, stats, missing, prog, block_size, co
         if bar is not None:
             bar.update(n)
         _sleep_hook()
+    pool.shutdown()
     if bar is not None:
         bar.close()
+
+
+def _zchunk(args) -> None:
+    """Rows a:b of one block: z = (v − μ)·(1/σ) in float32 (per source), clipped, → float16."""
+    v, z, si, shift, scale, a, b = args
+    if a == b:
+        return
+    v, si = v[a:b], si[a:b]
+    for s in np.unique(si):
+        if si[0] == si[-1]:
+            v -= shift[s]
+            v *= scale[s]
+        else:
+            m = si == s
+            v[m] = (v[m] - shift[s]) * scale[s]
+    np.clip(v, -FLOAT16_MAX, FLOAT16_MAX, out=v)
+    z[a:b] = v
 
 
 # ====================================================================== merge
