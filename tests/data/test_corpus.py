@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_reference, make_source_data, pipeline_ref
+from corpus_data import make_reference, make_source_data, pipeline_ref
 
 import bulkformer
 from bulkformer.cli import main as cli_main
@@ -197,7 +197,7 @@ _SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path[:0] = [{repo!r}, {tests!r}]
-    from conftest import make_reference, make_source_data
+    from corpus_data import make_reference, make_source_data
     from bulkformer.data.corpus import build_corpus
     from bulkformer.data.memory import ArraySource
     ref = make_reference()

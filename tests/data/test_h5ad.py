@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import make_source_data, pipeline_ref
+from corpus_data import make_source_data, pipeline_ref
 
 from bulkformer.data.corpus import assign_splits, build_corpus
 from bulkformer.data.h5ad import H5ADSource
