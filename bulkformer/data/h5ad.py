@@ -1,0 +1,208 @@
+"""AnnData (``.h5ad``) reader: an :class:`ExpressionSource` over ``X`` or a layer, read in row
+blocks straight from the HDF5 file (never the whole matrix in memory).
+
+``obs`` rows are samples (their metadata become :attr:`H5ADSource.samples`, labels included),
+``var`` rows are genes. The matrix may be dense or sparse (CSR reads row blocks cheaply; CSC
+works but each block reads whole columns — convert big CSC files to CSR first).
+
+What the numbers are is the user's call (``values=``, see :mod:`bulkformer.data.memory`):
+``counts`` (raw, turned into TPM with gene lengths), ``tpm`` (taken as given — not renormalised
+to 1e6 over the genes the reference covers — then log1p) or ``log1p_tpm`` (taken as given;
+BulkFormer's PreBULK.h5ad is of this kind).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .genes import GeneReference
+from .memory import align_values, check_value_kind, check_values, qc_figures, to_log1p_tpm
+from .source import Alignment, Block, ExpressionSource
+
+__all__ = ["H5ADSource"]
+
+log = logging.getLogger(__name__)
+
+
+def _read_elem(node):
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(node)
+
+
+def _sparse_dataset(node):
+    try:
+        from anndata.io import sparse_dataset
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import sparse_dataset
+    return sparse_dataset(node)
+
+
+class H5ADSource(ExpressionSource):
+    """Samples of an ``.h5ad`` file.
+
+    Parameters
+    ----------
+    path : the ``.h5ad`` file (samples × genes).
+    layer : read ``layers[layer]`` instead of ``X``.
+    gene_column : ``var`` column holding Ensembl gene IDs; default ``var_names``.
+    values : ``"counts"`` (default), ``"tpm"`` or ``"log1p_tpm"``.
+    length_column : ``var`` column with gene lengths in bp (counts only); default: the
+        embedded Ensembl table when present, else the reference's lengths.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file, layer (the message lists the layers present), gene column (lists the
+        ``var`` columns), duplicate sample IDs. Bad numbers (NaN, negative, non-integer counts)
+        are found block by block in :meth:`read_block`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        layer: str | None = None,
+        gene_column: str | None = None,
+        values: str = "counts",
+        length_column: str | None = None,
+    ):
+        self.path = os.fspath(path)
+        self.values_kind = check_value_kind(values)
+        self.layer = layer
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no such .h5ad file")
+        with h5py.File(self.path, "r") as f:
+            for key in ("obs", "var"):
+                if key not in f:
+                    raise ValueError(f"{self.path}: no '{key}' group — not an AnnData .h5ad file")
+            obs = _read_elem(f["obs"])
+            var = _read_elem(f["var"])
+            self._elem = self._matrix_key(f)
+            node = f[self._elem]
+            if isinstance(node, h5py.Dataset):
+                self._encoding = "dense"
+                shape = node.shape
+            else:
+                self._encoding = node.attrs.get("encoding-type", "")
+                if isinstance(self._encoding, bytes):
+                    self._encoding = self._encoding.decode()
+                if self._encoding not in ("csr_matrix", "csc_matrix"):
+                    raise ValueError(
+                        f"{self.path}: {self._elem} has encoding {self._encoding!r}; expected "
+                        "a dense array, csr_matrix or csc_matrix"
+                    )
+                shape = tuple(int(v) for v in node.attrs["shape"])
+        if shape != (len(obs), len(var)):
+            raise ValueError(
+                f"{self.path}: {self._elem} has shape {shape} but obs has {len(obs)} rows and "
+                f"var {len(var)} — expected samples × genes"
+            )
+        if self._encoding == "csc_matrix":
+            log.warning(
+                "%s: %s is CSC-sparse: every row block reads whole columns (slow); "
+                "convert to CSR (adata.X = adata.X.tocsr()) for large files",
+                self.path,
+                self._elem,
+            )
+        if gene_column is None:
+            genes = var.index.astype(str).to_numpy(dtype=object)
+        elif gene_column not in var.columns:
+            raise ValueError(
+                f"{self.path}: var has no column {gene_column!r}; available: "
+                f"{', '.join(map(str, var.columns)) or '(none)'} (default: var_names)"
+            )
+        else:
+            genes = var[gene_column].astype(str).to_numpy(dtype=object)
+        self._gene_ids = genes
+        self.lengths = None
+        if length_column is not None:
+            if length_column not in var.columns:
+                raise ValueError(
+                    f"{self.path}: var has no column {length_column!r} (gene lengths); "
+                    f"available: {', '.join(map(str, var.columns)) or '(none)'}"
+                )
+            self.lengths = pd.to_numeric(var[length_column], errors="coerce").to_numpy(float)
+        obs = obs.copy()
+        obs.index = obs.index.astype(str)
+        if obs.index.duplicated().any():
+            dup = obs.index[obs.index.duplicated()][:3].tolist()
+            raise ValueError(f"{self.path}: duplicate obs_names (sample IDs), e.g. {dup}")
+        self._samples = obs
+        self._file: h5py.File | None = None
+
+    def _matrix_key(self, f: h5py.File) -> str:
+        if self.layer is None:
+            if "X" not in f:
+                layers = list(f["layers"].keys()) if "layers" in f else []
+                raise ValueError(
+                    f"{self.path}: has no X matrix; pick a layer with layer= / --layer "
+                    f"(available: {', '.join(layers) or 'none'})"
+                )
+            return "X"
+        layers = list(f["layers"].keys()) if "layers" in f else []
+        if self.layer not in layers:
+            raise ValueError(
+                f"{self.path}: no layer {self.layer!r}; available layers: "
+                f"{', '.join(layers) or 'none'} (omit layer to read X)"
+            )
+        return f"layers/{self.layer}"
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self._samples
+
+    @property
+    def gene_ids(self) -> np.ndarray:
+        return self._gene_ids
+
+    def align(self, reference: GeneReference) -> Alignment:
+        """Gene alignment of this source to ``reference`` (used by the corpus writer)."""
+        return align_values(self._gene_ids, reference, self.values_kind, lengths=self.lengths)
+
+    def read_block(
+        self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
+    ) -> Block:
+        rows = np.asarray(rows, dtype=np.int64)
+        x = self.read_matrix(rows)
+        where = f"{self.path}: {self._elem}"
+        check_values(x, self.values_kind, where, self._samples.index[rows])
+        nz, tot = qc_figures(x)
+        return Block(to_log1p_tpm(x, alignment, self.values_kind), nz, tot)
+
+    def read_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """Raw (n, J) numbers of samples ``rows`` (any order), dense."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, len(self._gene_ids)))
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        node = self._file[self._elem]
+        uniq, inv = np.unique(rows, return_inverse=True)
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        contiguous = hi - lo == len(uniq)
+        if self._encoding == "dense":
+            x = node[lo:hi] if contiguous else node[uniq]
+        else:
+            ds = _sparse_dataset(node)
+            x = ds[lo:hi] if contiguous else ds[uniq]
+            x = x.toarray()
+        return np.asarray(x)[inv]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self):  # picklable (the open file handle is not)
+        d = dict(self.__dict__)
+        d["_file"] = None
+        return d
