@@ -23,6 +23,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -452,23 +453,99 @@ class ARCHS4Source(ExpressionSource):
     Parameters
     ----------
     path : the ARCHS4 ``.h5`` file (or an open :class:`ARCHS4File`).
-    samples : sample indices to include (default: all); see :meth:`ARCHS4File.search`,
-        :meth:`ARCHS4File.select` and :meth:`ARCHS4File.filter` to build them.
-    fields : sample metadata fields to carry into the corpus' ``samples.tsv``.
+    samples : which samples: indices, or GEO accessions (``GSM…`` strings); default all.
+    search, search_field : keep samples whose metadata matches the regular expression
+        ``search`` (in ``search_field``, or the default title/source/characteristics fields);
+        intersected with ``samples``.
+    max_singlecell : drop samples whose single-cell probability is ≥ this (where the file has
+        the field); ``None`` keeps them. The ≥ 14,000 non-zero genes filter is applied by the
+        corpus writer from the QC figures the engine computes while reading.
+    fields : sample metadata fields carried into the corpus' ``samples.tsv`` (default: series,
+        title, source name, characteristics, and ``sex``/``tissue`` fields when present).
     """
 
     def __init__(
-        self, path, samples=None, *, fields: Sequence[str] | None = None, threads: int | None = None
+        self,
+        path,
+        samples=None,
+        *,
+        search: str | None = None,
+        search_field: str | Sequence[str] | None = None,
+        max_singlecell: float | None = 0.5,
+        fields: Sequence[str] | None = None,
+        threads: int | None = None,
     ):
         self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path)
         self.path = self.file.path
-        self.rows = (
-            np.arange(self.file.n_samples)
-            if samples is None
-            else np.asarray(samples, dtype=np.int64)
-        )
+        f = self.file
+        if samples is None:
+            rows = np.arange(f.n_samples)
+        else:
+            samples = list(samples)
+            if samples and all(isinstance(x, str) for x in samples):
+                rows = f.select(gsm=samples)
+            else:
+                rows = f.select(index=samples)
+        if search is not None:
+            flds = (
+                [search_field]
+                if isinstance(search_field, str)
+                else list(search_field or DEFAULT_SEARCH_FIELDS)
+            )
+            flds = [x for x in flds if f._field(x) is not None] or flds
+            rows = np.intersect1d(rows, f.search(search, fields=flds))
+            log.info("%s: %d samples match %r", self.path, len(rows), search)
+        if max_singlecell is not None and f._field("singlecellprobability", SINGLECELL_FIELDS):
+            scp = np.asarray(f.sample_field("singlecellprobability"), dtype=np.float64)
+            keep = ~(scp[rows] >= max_singlecell)
+            if (~keep).any():
+                log.info(
+                    "%s: dropping %d samples with single-cell probability >= %g",
+                    self.path,
+                    int((~keep).sum()),
+                    max_singlecell,
+                )
+            rows = rows[keep]
+        if len(rows) == 0:
+            raise ValueError(f"{self.path}: no samples selected (check --search/--samples)")
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if fields is None:
+            fields = [
+                x
+                for x in (
+                    "series_id",
+                    "title",
+                    "source_name_ch1",
+                    "characteristics_ch1",
+                    "sex",
+                    "tissue",
+                )
+                if f._field(x, SERIES_FIELDS if x == "series_id" else ()) is not None
+            ]
         self._fields = fields
         self.threads = threads
+
+    def align(self, reference) -> Alignment:
+        """Alignment to ``reference``: Ensembl IDs (symbols for files without them), lengths
+        from the embedded all-gene table, then the reference, then the 1 kb fallback."""
+        from .genes import default_gene_lengths
+        from .source import align_genes
+
+        by_symbol = not self.file.has_ensembl_ids
+        return align_genes(
+            self.gene_ids,
+            reference,
+            source_symbols=self.gene_symbols,
+            by_symbol=by_symbol,
+            default_lengths=default_gene_lengths(),
+        )
+
+    def fingerprint(self) -> dict:
+        from .corpus import file_fingerprint
+
+        fp = file_fingerprint(self.path)
+        fp["rows_sha256"] = hashlib.sha256(self.rows.tobytes()).hexdigest()
+        return fp
 
     @cached_property
     def samples(self) -> pd.DataFrame:

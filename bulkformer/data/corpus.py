@@ -912,6 +912,18 @@ class _Writer:
             return
         samples, excluded, _ = self._tables()
         n_train = int((samples["split"] == "train").sum())
+        min_nz = self.plan.key["parameters"]["min_nonzero"]
+        if len(samples) == 0 and self.n_in > 0:
+            best = int(self.nonzero.read(0, self.n_in).max())
+            raise ValueError(
+                f"no sample passed QC: all {self.n_in:,} have fewer than {min_nz:,} non-zero "
+                f"genes (the best has {best:,}); lower --min-nonzero / min_nonzero"
+            )
+        if n_train == 0 and self.given_stats is None and self.plan.key.get("shard") is None:
+            raise ValueError(
+                f"no training sample passed QC ({len(samples):,} kept in val/test), so no "
+                "statistics can be computed: give reference statistics (--stats) or more samples"
+            )
         _write_corpus_tables(self.dir, samples, excluded, self._stats(n_train))
         self.manifest["rows"] = self._rows_summary(samples, excluded)
         self.prog.phase, self.prog.blocks_done, self.prog.rows_done = 2, 0, 0

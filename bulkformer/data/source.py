@@ -38,6 +38,7 @@ class Alignment:
     covered: np.ndarray
     n_duplicates: int  # source genes that share a reference column with another one (summed)
     n_unknown_length: int  # source genes without a usable length (excluded from TPM)
+    n_fallback_length: int = 0  # reference genes given the fallback length (no known length)
 
     @property
     def n_matched(self) -> int:
@@ -52,7 +53,8 @@ class Alignment:
             f"matched {self.n_matched:,} / {len(self.covered):,} reference genes; "
             f"{self.n_unused:,} source genes unused; {self.n_duplicates:,} duplicate source "
             f"genes summed; {self.n_unknown_length:,} source genes without a length "
-            "(excluded from TPM)"
+            f"(excluded from TPM); {self.n_fallback_length:,} reference genes given the "
+            "fallback length"
         )
 
 
@@ -64,6 +66,7 @@ def align_genes(
     source_symbols=None,
     by_symbol: bool = False,
     default_lengths: dict | pd.Series | None = None,
+    fallback_length: float | None = 1000.0,
 ) -> Alignment:
     """Match source genes to the reference by Ensembl ID (with or without version suffix).
 
@@ -74,6 +77,10 @@ def align_genes(
     source_lengths : (J,) lengths in bp when the source has them; otherwise lengths are looked
         up by unversioned ID in ``default_lengths`` (a mapping ID → bp, e.g. the embedded table
         of all Ensembl genes) and then in the reference's own lengths.
+    fallback_length : length (bp) given to source genes that match a reference gene but have no
+        known length anywhere (BulkFormer assumes 1 kb); ``None`` excludes them from TPM, and
+        their reference column is then "missing". Source genes outside the reference never get
+        the fallback: without a length they stay out of the TPM denominator.
     source_symbols, by_symbol : when ``by_symbol`` is true, source genes whose ID matches
         nothing are matched by symbol (only to symbols unique in the reference).
     """
@@ -101,6 +108,11 @@ def align_genes(
             lengths = s.reindex(ids).to_numpy(dtype=np.float64)
         ref_len = np.where(gene_map >= 0, reference.lengths[np.maximum(gene_map, 0)], np.nan)
         lengths = np.where(np.isfinite(lengths), lengths, ref_len)
+    n_fallback = 0
+    if fallback_length is not None:
+        need = (gene_map >= 0) & ~valid_lengths(lengths)
+        n_fallback = int(need.sum())
+        lengths = np.where(need, float(fallback_length), lengths)
     used = gene_map[gene_map >= 0]
     n_dup = int(len(used) - len(np.unique(used)))
     covered = covered_columns(gene_map, lengths, len(reference))
@@ -111,6 +123,7 @@ def align_genes(
         covered=covered,
         n_duplicates=n_dup,
         n_unknown_length=int((~valid_lengths(lengths)).sum()),
+        n_fallback_length=n_fallback,
     )
 
 
