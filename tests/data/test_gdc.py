@@ -84,7 +84,14 @@ def test_read_block_equals_reference(full):
     src = GDCSource(d, sample_sheet=sheet)
     ref = GeneReference.default()
     al = src.align(ref)
-    assert al.n_matched == int(np.isfinite(ref.lengths).sum())  # every pc gene of known length
+    # GDC files carry every reference gene (both are GENCODE v36): all matched, and the genes
+    # without a known length get the 1 kb fallback
+    assert al.n_matched == len(ref)
+    assert al.n_fallback_length == int((~np.isfinite(ref.lengths)).sum())
+    strict = align_genes(
+        src.gene_ids, ref, default_lengths=default_gene_lengths(), fallback_length=None
+    )
+    assert strict.n_matched == int(np.isfinite(ref.lengths).sum())
     counts, ids = pandas_counts(src.samples["path"])
     al2 = align_genes(ids, ref, default_lengths=default_gene_lengths())
     np.testing.assert_array_equal(al.gene_map, al2.gene_map)
