@@ -254,9 +254,7 @@ def _check_inputs(x, hide, wesm, context, e_mask) -> tuple[int, int, int]:
         if not t.is_contiguous():
             raise ValueError(f"fused_embedding: {name} must be contiguous (call .contiguous())")
         if t.device != x.device:
-            raise ValueError(
-                f"fused_embedding: {name} is on {t.device} but x is on {x.device}"
-            )
+            raise ValueError(f"fused_embedding: {name} is on {t.device} but x is on {x.device}")
         if name != "hide" and t.dtype not in _FLOATS:
             raise TypeError(f"fused_embedding: {name} must be floating, got {t.dtype}")
     if x.dim() != 2:

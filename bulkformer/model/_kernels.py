@@ -43,7 +43,7 @@ def _kernels_package() -> ModuleType:
     except BaseException:
         del sys.modules[_NAME]
         raise
-    setattr(importlib.import_module("bulkformer"), "kernels", module)
+    importlib.import_module("bulkformer").kernels = module
     return module
 
 
