@@ -111,8 +111,8 @@ class GeneEmbedding(nn.Module):
         if backend != self.last_backend:
             logger.info("input embedding backend: %s (requested %r)", backend, self.backend)
             self.last_backend = backend
+        ctx = ctx.to(wesm.dtype)  # (B, D)
         emb = _fe.fused_embedding(
-            x, hide, wesm, ctx.to(wesm.dtype), self.e_mask,
-            scale=self.ree_scale, backend=backend,
-        )  # (B, G, D)  # fmt: skip
-        return self.dropout(emb)
+            x, hide, wesm, ctx, self.e_mask, scale=self.ree_scale, backend=backend
+        )
+        return self.dropout(emb)  # (B, G, D)
