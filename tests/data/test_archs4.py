@@ -1,5 +1,6 @@
 """ARCHS4 reader: layouts and field-name variants, metadata, search, selection, QC, reads."""
 
+import bulkformer._C  # noqa: E402,F401  (the engine must be built: a missing build fails)
 import h5py
 import numpy as np
 import pandas as pd
@@ -10,8 +11,6 @@ from bulkformer.data.genes import GeneReference
 from bulkformer.data.normalize import log1p_tpm_ref, qc_ref
 from bulkformer.data.source import align_genes
 from bulkformer.data.synthetic import make_archs4
-
-pytest.importorskip("bulkformer._C")
 
 NG, NS = 1203, 157
 
