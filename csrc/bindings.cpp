@@ -214,6 +214,24 @@ PYBIND11_MODULE(_C, m) {
       "Normalize counts already in memory (same arithmetic as read_normalize).");
 
   m.def(
+      "block_moments",
+      [](carray<float> x) {
+        BF_CHECK(x.ndim() == 2, "values must be 2-D (rows x genes)");
+        const int64_t n = x.shape(0), g = x.shape(1);
+        py::array_t<double> mean(g), m2(g);
+        const float* p = x.data();
+        double* pm = mean.mutable_data();
+        double* p2 = m2.mutable_data();
+        {
+          py::gil_scoped_release release;
+          block_moments(p, n, g, pm, p2);
+        }
+        return py::make_tuple(mean, m2);
+      },
+      py::arg("values"),
+      "Per-column mean and sum of squared deviations (float64) of a float32 block.");
+
+  m.def(
       "float_to_half",
       [](carray<float> x) {
         py::array_t<uint16_t> out(x.size());

@@ -81,6 +81,10 @@ template <typename T>
 void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int64_t count_stride,
                      int threads);
 
+// Column means and sums of squared deviations of a row-major (n, G) float32 block, in float64,
+// summing rows in order (deterministic; vectorized across columns).
+void block_moments(const float* x, int64_t n, int64_t G, double* mean, double* m2);
+
 extern template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,
                                           const uint32_t*, int64_t);
 extern template void accumulate<double>(const NormPlan&, SampleAcc&, int64_t, int64_t,

@@ -279,13 +279,13 @@ def _fold(stats: GeneStats, values: np.ndarray, covered: np.ndarray) -> None:
     n = len(values)
     if n == 0:
         return
-    x = values.astype(np.float64) if covered.all() else values[:, covered].astype(np.float64)
-    mean = x.mean(axis=0)
-    x -= mean
+    from .. import _C
+
+    mean, m2 = _C.block_moments(np.ascontiguousarray(values, dtype=np.float32))
     part = GeneStats(len(covered))
     part.count[covered] = n
-    part.mean_[covered] = mean
-    part.m2[covered] = np.einsum("ij,ij->j", x, x)
+    part.mean_[covered] = mean[covered]
+    part.m2[covered] = m2[covered]
     stats.merge(part)
 
 
@@ -829,11 +829,14 @@ class _Writer:
                 self.nonzero.write(g, blk.nonzero)
                 self.total.write(g, blk.total)
                 passed = blk.nonzero >= min_nz
-                vals = blk.values[passed]
+                vals = blk.values if passed.all() else blk.values[passed]
                 self.log1p.write(prog.rows_written, vals)
                 if want_stats:
                     gsplit = plan.split[self.r0 + g : self.r0 + g + (z - a)][passed]
-                    _fold(prog.stats, vals[gsplit == 0], plan.alignments[s].covered)
+                    train = gsplit == 0
+                    _fold(
+                        prog.stats, vals if train.all() else vals[train], plan.alignments[s].covered
+                    )
                 prog.rows_written += len(vals)
                 prog.blocks_done += 1
                 self._commit("read", b1 - b0)

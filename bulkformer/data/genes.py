@@ -85,7 +85,10 @@ def strip_version(ids: Iterable[str]) -> np.ndarray:
     """
     s = pd.Series(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=object))
     s = s.astype(str)
-    return s.str.replace(r"^(ENS[A-Z]*G\d+)\.\d+", r"\1", regex=True).to_numpy(dtype=object)
+    dotted = s.str.contains(".", regex=False).to_numpy()  # most files: no versions, no regex
+    if dotted.any():
+        s[dotted] = s[dotted].str.replace(r"^(ENS[A-Z]*G\d+)\.\d+", r"\1", regex=True)
+    return s.to_numpy(dtype=object)
 
 
 @dataclass(frozen=True)
