@@ -14,6 +14,7 @@ import sys
 # module path → subcommands it registers (imported only when one of them is used or for --help)
 COMMAND_MODULES = [
     "bulkformer.data.genes",  # genes build | info
+    "bulkformer.data.archs4",  # archs4 info | search | qc
     "bulkformer.data.cli_corpus",  # preprocess, merge, corpus info|export
 ]
 

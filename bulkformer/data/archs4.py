@@ -580,3 +580,71 @@ class ARCHS4Source(ExpressionSource):
             threads=threads if threads is not None else self.threads,
         )
         return Block(values=out, nonzero=nz, total=tot)
+
+
+# ---------------------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> None:
+    """``bulkformer archs4 info|search|qc``: look inside an ARCHS4 file before building."""
+    p = subparsers.add_parser(
+        "archs4",
+        help="inspect an ARCHS4 gene-level file (layout, metadata search, QC)",
+        description="Inspect an ARCHS4 gene-level .h5 file: its layout, which samples match a "
+        "metadata search, and their QC figures (computed by the C++ engine).",
+    )
+    sub = p.add_subparsers(dest="archs4_command", metavar="ACTION", required=True)
+    i = sub.add_parser("info", help="version, shape, chunking, filters, fields")
+    i.add_argument("file")
+    i.set_defaults(func=_cli_info)
+    s = sub.add_parser("search", help="samples whose metadata matches a regular expression")
+    s.add_argument("file")
+    s.add_argument("pattern", help="regular expression (case-insensitive unless --case)")
+    s.add_argument(
+        "--field",
+        action="append",
+        metavar="FIELD",
+        help=f"field to search (repeatable; default: {', '.join(DEFAULT_SEARCH_FIELDS)})",
+    )
+    s.add_argument("--case", action="store_true", help="case-sensitive")
+    s.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
+    s.set_defaults(func=_cli_search)
+    q = sub.add_parser("qc", help="non-zero genes and total counts of (selected) samples")
+    q.add_argument("file")
+    q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
+    q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
+    q.add_argument("--min-nonzero", type=int, default=14_000)
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--out", metavar="TSV", help="write the table here")
+    q.set_defaults(func=_cli_qc)
+
+
+def _cli_info(args) -> int:
+    with ARCHS4File(args.file) as f:
+        for k, v in f.describe().items():
+            print(f"{k:14s} {v}")
+    return 0
+
+
+def _cli_search(args) -> int:
+    with ARCHS4File(args.file) as f:
+        idx = f.search(args.pattern, fields=args.field or DEFAULT_SEARCH_FIELDS, case=args.case)
+        print(f"{len(idx):,} of {f.n_samples:,} samples match {args.pattern!r}")
+        if len(idx):
+            print(f.samples(rows=idx[: args.limit]).to_string(max_colwidth=60))
+    return 0
+
+
+def _cli_qc(args) -> int:
+    with ARCHS4File(args.file) as f:
+        idx = f.select(gsm=args.samples) if args.samples else np.arange(f.n_samples)
+        if args.search:
+            idx = np.intersect1d(idx, f.search(args.search))
+        q = f.qc(idx, threads=args.threads)
+        ok = q["nonzero_genes"] >= args.min_nonzero
+        print(
+            f"{int(ok.sum()):,} / {len(q):,} samples have >= {args.min_nonzero:,} non-zero "
+            f"genes (median {int(q['nonzero_genes'].median()):,})"
+        )
+        if args.out:
+            q.assign(passes=ok).to_csv(args.out, sep="\t")
+            print(f"wrote {args.out}")
+    return 0

@@ -187,3 +187,19 @@ def test_format_errors(tmp_path):
         ARCHS4File(p3)
     with pytest.raises(FileNotFoundError):
         ARCHS4File(tmp_path / "nope.h5")
+
+
+def test_cli_info_search_qc(v2, tmp_path, capsys):
+    from bulkformer.cli import main
+
+    assert main(["archs4", "info", v2]) == 0
+    assert "genes × samples" in capsys.readouterr().out
+    assert main(["archs4", "search", v2, "^liver", "--field", "title"]) == 0
+    with ARCHS4File(v2) as f:
+        n = len(f.search("^liver", fields=["title"]))
+    assert capsys.readouterr().out.startswith(f"{n:,} of {NS:,} samples match")
+    out = tmp_path / "qc.tsv"
+    assert main(["archs4", "qc", v2, "--min-nonzero", "1", "--out", str(out)]) == 0
+    q = pd.read_csv(out, sep="\t", index_col=0)
+    np.testing.assert_array_equal(q["nonzero_genes"], qc_ref(_counts(v2).T)[0])
+    assert main(["archs4", "info", str(tmp_path / "missing.h5")]) == 1
