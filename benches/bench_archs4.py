@@ -48,21 +48,28 @@ def bench(request, bench_cache):
     path = bench_cache / f"archs4_{N_GENES}x{N_SAMPLES}_{cg}x{cs}.h5"
     if not path.exists():
         t = time.perf_counter()
-        make_archs4(path, N_GENES, N_SAMPLES, chunks=(min(cg, N_GENES), min(cs, N_SAMPLES)),
-                    compression_opts=4, seed=0, low_quality_fraction=0.0)
+        make_archs4(
+            path,
+            N_GENES,
+            N_SAMPLES,
+            chunks=(min(cg, N_GENES), min(cs, N_SAMPLES)),
+            compression_opts=4,
+            seed=0,
+            low_quality_fraction=0.0,
+        )
         print(f"\ngenerated {path} in {time.perf_counter() - t:.0f}s")
     r = np.random.default_rng(0)
     lengths = r.uniform(500, 10_000, N_GENES)
     gene_map = np.full(N_GENES, -1, dtype=np.int64)
     gene_map[r.choice(N_GENES, N_REF, replace=False)] = np.arange(N_REF)
     mean, std = r.normal(1, 0.5, N_REF), r.uniform(0.5, 2, N_REF)
-    return dict(shape=shape, path=str(path), lengths=lengths, gene_map=gene_map, mean=mean,
-                std=std)
+    return dict(shape=shape, path=str(path), lengths=lengths, gene_map=gene_map, mean=mean, std=std)
 
 
 def _record(shape, name, n, seconds, **extra):
-    RESULTS.setdefault(shape, {})[name] = dict(samples=n, seconds=seconds,
-                                               samples_per_s=n / seconds, **extra)
+    RESULTS.setdefault(shape, {})[name] = dict(
+        samples=n, seconds=seconds, samples_per_s=n / seconds, **extra
+    )
 
 
 def _run(benchmark, fn, rounds=1):
@@ -114,10 +121,22 @@ def test_c_engine(benchmark, bench, threads):
     with h5py.File(bench["path"]) as f:
         ds = f["data/expression"]
         idx = engine.ChunkIndex.from_dataset(ds)
-        secs = _run(benchmark, lambda: engine.read_matrix(
-            ds, np.arange(n), mode="z", gene_map=bench["gene_map"], lengths=bench["lengths"],
-            n_out=N_REF, mean=bench["mean"], std=bench["std"], out=out, threads=threads,
-            index=idx))
+        secs = _run(
+            benchmark,
+            lambda: engine.read_matrix(
+                ds,
+                np.arange(n),
+                mode="z",
+                gene_map=bench["gene_map"],
+                lengths=bench["lengths"],
+                n_out=N_REF,
+                mean=bench["mean"],
+                std=bench["std"],
+                out=out,
+                threads=threads,
+                index=idx,
+            ),
+        )
     _record(bench["shape"], f"c_engine_{threads}t", n, secs)
 
 
@@ -150,8 +169,12 @@ print((peak - base) * 1024, out.nbytes)
 
 
 def test_peak_rss_streaming(bench):
-    res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, bench["path"], str(N_REF)],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, bench["path"], str(N_REF)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     extra, out_bytes = map(int, res.stdout.split())
     RESULTS.setdefault(bench["shape"], {})["rss_beyond_output_bytes"] = extra
     RESULTS[bench["shape"]]["output_bytes"] = out_bytes
@@ -175,15 +198,19 @@ def test_zz_summary(bench):
     from bulkformer import _C
 
     r["inflate_backend"] = _C.inflate_backend()
-    lines = [f"\n== {bench['shape']} chunks {SHAPES[bench['shape']]} "
-             f"({N_GENES} genes x {N_SAMPLES} samples, {_C.inflate_backend()}) =="]
+    lines = [
+        f"\n== {bench['shape']} chunks {SHAPES[bench['shape']]} "
+        f"({N_GENES} genes x {N_SAMPLES} samples, {_C.inflate_backend()}) =="
+    ]
     for k, v in sps.items():
         lines.append(f"  {k:18s} {v:10.1f} samples/s")
     for k, v in checks.items():
         lines.append(f"  {k:40s} {v:8.2f}")
     if "rss_beyond_output_bytes" in r:
-        lines.append(f"  peak RSS beyond output buffer: {r['rss_beyond_output_bytes'] / 2**20:.0f} "
-                     f"MiB (output {r['output_bytes'] / 2**20:.0f} MiB)")
+        lines.append(
+            f"  peak RSS beyond output buffer: {r['rss_beyond_output_bytes'] / 2**20:.0f} "
+            f"MiB (output {r['output_bytes'] / 2**20:.0f} MiB)"
+        )
     print("\n".join(lines))
     out = Path(__file__).parent / "results_archs4.json"
     prev = json.loads(out.read_text()) if out.exists() else {}

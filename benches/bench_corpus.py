@@ -83,6 +83,34 @@ class SyntheticSource(ExpressionSource):
         return blk
 
 
+def archs4_source(reference: GeneReference) -> ExpressionSource:
+    """The cached synthetic ARCHS4 file of bench_archs4.py (67,186 genes × 10,000 samples,
+    narrow chunks), read by the C++ engine; its first 20,010 genes are the bench reference.
+    Use with ``BULKFORMER_BENCH_CORPUS_SOURCE=bench_corpus:archs4_source``."""
+    from bulkformer.data.archs4 import ARCHS4Source
+    from bulkformer.data.synthetic import make_archs4
+
+    cache = Path(
+        os.environ.get("BULKFORMER_BENCH_CACHE", Path(__file__).parent.parent / ".bench_cache")
+    )
+    path = cache / "archs4_67186x10000_8192x8.h5"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        make_archs4(
+            path,
+            67_186,
+            10_000,
+            chunks=(8192, 8),
+            compression_opts=4,
+            seed=0,
+            low_quality_fraction=0.0,
+        )
+    src = ARCHS4Source(path, max_singlecell=None)
+    lengths = pd.Series(np.random.default_rng(0).uniform(500, 10_000, 67_186), index=src.gene_ids)
+    src.align = lambda ref: align_genes(src.gene_ids, ref, default_lengths=lengths)
+    return src
+
+
 def make_source(reference: GeneReference, n: int = 2_000) -> ExpressionSource:
     spec = os.environ.get("BULKFORMER_BENCH_CORPUS_SOURCE")
     if spec:
@@ -165,10 +193,10 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys, time
     sys.path[:0] = [{bench!r}, {repo!r}]
-    from bench_corpus import SyntheticSource, bench_reference
+    from bench_corpus import bench_reference, make_source
     from bulkformer.data.corpus import build_corpus
     ref = bench_reference()
-    src = SyntheticSource(10_000, ref)
+    src = make_source(ref, 10_000)
     t = time.perf_counter()
     build_corpus(src, sys.argv[1], ref, min_nonzero=0, block_size={block}, progress=False)
     print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-CACHE = Path(os.environ.get("BULKFORMER_BENCH_CACHE", Path(__file__).parent.parent / ".bench_cache"))
+CACHE = Path(
+    os.environ.get("BULKFORMER_BENCH_CACHE", Path(__file__).parent.parent / ".bench_cache")
+)
 
 
 @pytest.fixture(scope="session")

@@ -378,29 +378,18 @@ def _first_bad_row(body, ls, nl, lay, row_names) -> int:
 
 
 def log1p_tpm_aligned(counts: np.ndarray, alignment: Alignment, n_out: int) -> np.ndarray:
-    """Vectorized ``log1p(TPM)`` aligned to the reference; equals :func:`log1p_tpm_ref`.
+    """Vectorized ``log1p(TPM)`` aligned to the reference, (S, n_out) float32.
 
-    counts : (S, J) counts, samples × source genes. Returns (S, n_out) float64. The arithmetic
-    is the reference's operation for operation (same denominators, duplicates summed in source
-    order), so the result is bitwise identical.
+    The in-memory path shared with :class:`~bulkformer.data.memory.ArraySource`
+    (:func:`~bulkformer.data.memory.to_log1p_tpm`): float64 arithmetic operation for operation
+    as :func:`~bulkformer.data.normalize.log1p_tpm_ref`, so it equals the reference rounded to
+    float32.
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    lengths = alignment.lengths
-    ok = valid_lengths(lengths)
-    rate = np.zeros_like(counts)
-    rate[:, ok] = counts[:, ok] / lengths[ok]
-    denom = rate.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(denom > 0, 1e6 / denom, 0.0)
-    tpm = rate * scale
-    out = np.zeros((counts.shape[0], n_out), dtype=np.float64)
-    src = np.flatnonzero(alignment.gene_map >= 0)
-    cols = alignment.gene_map[src]
-    if len(np.unique(cols)) == len(cols):
-        out[:, cols] = tpm[:, src]
-    else:
-        np.add.at(out, (slice(None), cols), tpm[:, src])
-    return np.log1p(out)
+    from .memory import to_log1p_tpm
+
+    if n_out != len(alignment.covered):
+        raise ValueError(f"n_out={n_out} but the alignment has {len(alignment.covered)} columns")
+    return to_log1p_tpm(counts, alignment, "counts")
 
 
 class GDCSource(ExpressionSource):
@@ -573,7 +562,7 @@ class GDCSource(ExpressionSource):
             )
         counts = self.read_counts(rows, threads=threads)
         n_out = len(alignment.covered)
-        values = log1p_tpm_aligned(counts, alignment, n_out).astype(np.float32)
+        values = log1p_tpm_aligned(counts, alignment, n_out)
         return Block(
             values=values,
             nonzero=(counts != 0).sum(axis=1).astype(np.int64),
