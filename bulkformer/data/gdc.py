@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 
 from .genes import GeneReference, default_gene_lengths
-from .normalize import valid_lengths
 from .source import Alignment, Block, ExpressionSource, align_genes
 
 __all__ = [
