@@ -13,6 +13,7 @@ import sys
 
 # module path → subcommands it registers (imported only when one of them is used or for --help)
 COMMAND_MODULES = [
+    "bulkformer.esm",
 ]
 
 
