@@ -11,7 +11,7 @@ import numpy as np
 from ..data.genes import GeneReference
 from ._cache import EmbeddingCache
 from ._embed import ProteinEmbedder, load_esm2
-from ._matrix import save_esm_matrix
+from ._matrix import matrix_metadata, save_esm_matrix
 from ._proteins import choose_proteins, read_canonical_transcripts, read_pep_fasta
 
 __all__ = ["default_reference", "embed_genes"]
@@ -139,8 +139,7 @@ def embed_genes(
         if not keep_cache:
             cache.remove()
     else:
-        meta = {k: str(v) for k, v in meta.items()}
-        meta.update(reference_id=reference.id, n_genes=str(len(reference)))
+        meta = matrix_metadata(emb, chosen.has_protein, reference, meta)
     logger.info(
         "ESM2 gene matrix: %d genes, %d with protein, %d without; d=%d, model %s, layer %d",
         len(reference),

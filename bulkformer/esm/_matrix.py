@@ -20,7 +20,13 @@ import pandas as pd
 
 from ..data.genes import GeneReference, ReferenceMismatchError, strip_version
 
-__all__ = ["FORMAT", "align_embedding_table", "load_esm_matrix", "save_esm_matrix"]
+__all__ = [
+    "FORMAT",
+    "align_embedding_table",
+    "load_esm_matrix",
+    "matrix_metadata",
+    "save_esm_matrix",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +62,6 @@ def save_esm_matrix(
     """
     from safetensors.numpy import save_file
 
-    from .._version import __version__
-
     path = os.fspath(path)
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     has = np.ascontiguousarray(has_protein, dtype=bool)
@@ -67,15 +71,7 @@ def save_esm_matrix(
             f"embeddings {emb.shape} / has_protein {has.shape} do not match reference "
             f"{reference.id} with {g} genes; expected ({g}, d) and ({g},)"
         )
-    meta = {k: str(v) for k, v in metadata.items()}
-    meta.update(
-        format=FORMAT,
-        reference_id=reference.id,
-        n_genes=str(g),
-        n_with_protein=str(int(has.sum())),
-        dim=str(emb.shape[1]),
-        bulkformer_version=__version__,
-    )
+    meta = matrix_metadata(emb, has, reference, metadata)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -86,6 +82,24 @@ def save_esm_matrix(
         if os.path.exists(tmp):
             os.remove(tmp)
     logger.info("wrote %s: %d genes × %d, %d with protein", path, g, emb.shape[1], has.sum())
+    return meta
+
+
+def matrix_metadata(
+    embeddings: np.ndarray, has_protein: np.ndarray, reference: GeneReference, metadata: dict
+) -> dict:
+    """String metadata of a gene matrix: ``metadata`` plus format, reference and size fields."""
+    from .._version import __version__
+
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta.update(
+        format=FORMAT,
+        reference_id=reference.id,
+        n_genes=str(len(reference)),
+        n_with_protein=str(int(np.asarray(has_protein).sum())),
+        dim=str(np.shape(embeddings)[1]),
+        bulkformer_version=__version__,
+    )
     return meta
 
 
@@ -288,7 +302,5 @@ def align_embedding_table(
         )
     meta = {"model": f"external:{os.path.basename(path)}", "layer": "", "protein_choice": ""}
     if out is not None:
-        meta = save_esm_matrix(out, emb, has, reference, meta)
-    else:
-        meta.update(reference_id=reference.id, n_genes=str(len(reference)))
-    return emb, has, meta
+        return emb, has, save_esm_matrix(out, emb, has, reference, meta)
+    return emb, has, matrix_metadata(emb, has, reference, meta)
