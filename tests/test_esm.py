@@ -18,6 +18,7 @@ from bulkformer.esm import (  # noqa: E402
     ProteinEmbedder,
     align_embedding_table,
     embed_genes,
+    esm2_representation,
     load_esm2,
     load_esm_matrix,
     plan_windows,
@@ -112,8 +113,12 @@ def _direct_windows(model, alphabet, seq: str, window: int, stride: int) -> np.n
 
 
 def _count_forward_rows(model):
+    """Sequences (rows) that go through the model: hooked on the token embedding, which every
+    forward path calls once per batch."""
     rows = []
-    handle = model.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
+    handle = model.embed_tokens.register_forward_hook(
+        lambda m, inp, out: rows.append(inp[0].shape[0])
+    )
     return rows, handle
 
 
@@ -149,6 +154,27 @@ def test_pooling_matches_direct_per_protein(tmp_path, tiny, fixture_data):
     assert has.tolist() == [True, True, True, False, True, True]
     assert meta["reference_id"] == ref.id and meta["n_genes"] == "6"
     assert meta["protein_choice"] == "longest" and meta["layer"] == "2"
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_sdpa_forward_matches_esm_forward(tiny, layer):
+    model, alphabet = tiny
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "MEEPQSDPSV", "ACDEFGHIKLMNPQRSTVWYXBZUO"]
+    _, _, toks = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(seqs)])
+    keep = toks.ne(alphabet.padding_idx)
+    with torch.no_grad():
+        ref = esm2_representation(model, toks, layer, attention="esm")
+        got = esm2_representation(model, toks, layer, attention="sdpa")
+    assert got.shape == ref.shape == (3, toks.shape[1], 32)
+    torch.testing.assert_close(got[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_esm_attention_path_pools_like_direct(tiny):
+    model, alphabet = tiny
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MEEPQSDPSV", "M"]
+    out = ProteinEmbedder(model, alphabet, attention="esm", device="cpu", progress=False)
+    for i, v in enumerate(out.embed(seqs)):
+        np.testing.assert_allclose(v, _direct(model, alphabet, seqs[i]), rtol=1e-4, atol=1e-5)
 
 
 def test_intermediate_layer(tiny):

@@ -32,7 +32,14 @@ import numpy as np
 from ._cache import EmbeddingCache, sequence_key
 from ._proteins import ESM_RESIDUES
 
-__all__ = ["ESM2_MODELS", "ProteinEmbedder", "load_esm2", "model_fingerprint", "plan_windows"]
+__all__ = [
+    "ESM2_MODELS",
+    "ProteinEmbedder",
+    "esm2_representation",
+    "load_esm2",
+    "model_fingerprint",
+    "plan_windows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +200,59 @@ def _batches(sizes: Sequence[int], toks_per_batch: int) -> list[list[int]]:
     return out
 
 
+# ---------------------------------------------------------------------------------- forward
+def esm2_representation(model, tokens, layer: int, *, attention: str = "sdpa"):
+    """Per-token representation (B, T, d) of ESM2 layer ``layer`` for tokens (B, T).
+
+    ``attention="esm"`` is fair-esm's own ``model(tokens, repr_layers=[layer])`` (the
+    reference). ``"sdpa"`` computes the same function with
+    ``torch.nn.functional.scaled_dot_product_attention`` in (B, H, T, Dh) layout: no (B·H, T, T)
+    attention-weight tensors are materialised or averaged, and layers above ``layer`` are not
+    run. Layer ``num_layers`` includes the final layer norm, as in fair-esm.
+    """
+    if attention == "esm":
+        return model(tokens, repr_layers=[layer])["representations"][layer]
+    if attention != "sdpa":
+        raise ValueError(f"attention {attention!r}; expected 'sdpa' or 'esm'")
+    import torch.nn.functional as F
+    from esm.modules import gelu
+
+    pad = tokens.eq(model.padding_idx)  # (B, T)
+    x = model.embed_scale * model.embed_tokens(tokens)  # (B, T, d)
+    if model.token_dropout:  # as ESM2.forward: rescale for <mask> tokens (none in our input)
+        is_mask = tokens.eq(model.mask_idx)
+        x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+        observed = is_mask.sum(-1).to(x.dtype) / (~pad).sum(-1)
+        x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]
+    x = x * (1 - pad.unsqueeze(-1).type_as(x))
+    keep = (~pad)[:, None, None, :] if bool(pad.any()) else None  # (B, 1, 1, T): True = attend
+    b, t, _ = x.shape
+    for blk in model.layers[:layer]:
+        att = blk.self_attn
+        h = blk.self_attn_layer_norm(x)
+        hd, nh = att.head_dim, att.num_heads
+        q = (att.q_proj(h) * att.scaling).view(b, t, nh, hd).transpose(1, 2)  # (B, H, T, Dh)
+        k = att.k_proj(h).view(b, t, nh, hd).transpose(1, 2)
+        v = att.v_proj(h).view(b, t, nh, hd).transpose(1, 2)
+        q, k = att.rot_emb(q, k)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0)  # q pre-scaled
+        x = x + att.out_proj(o.transpose(1, 2).reshape(b, t, nh * hd))
+        x = x + blk.fc2(gelu(blk.fc1(blk.final_layer_norm(x))))
+    if layer == model.num_layers:
+        x = model.emb_layer_norm_after(x)
+    return x
+
+
+def _sdpa_compatible(model) -> bool:
+    layers = getattr(model, "layers", None)
+    return bool(layers) and all(
+        getattr(blk.self_attn, "rot_emb", None) is not None
+        and blk.self_attn.bias_k is None
+        and not blk.self_attn.add_zero_attn
+        for blk in layers
+    )
+
+
 # ---------------------------------------------------------------------------------- embedding
 class ProteinEmbedder:
     """Mean-pooled ESM2 embeddings of protein sequences (see module docstring).
@@ -214,6 +274,9 @@ class ProteinEmbedder:
         ``"auto"`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
     window, stride
         Long-protein windowing in residues (``window`` ≤ 1,022 for real ESM2 checkpoints).
+    attention
+        ``"sdpa"`` (default; fused attention, see :func:`esm2_representation`) or ``"esm"``
+        (fair-esm's forward, the reference).
     progress
         Show a tqdm bar (residues/s, proteins/s) on a terminal.
     """
@@ -229,6 +292,7 @@ class ProteinEmbedder:
         precision: str = "auto",
         window: int = 1022,
         stride: int = 511,
+        attention: str = "sdpa",
         progress: bool = True,
     ) -> None:
         import torch
@@ -262,6 +326,12 @@ class ProteinEmbedder:
         if precision not in dtypes:
             raise ValueError(f"precision {precision!r}; expected auto, fp32, fp16 or bf16")
         self.precision = precision
+        if attention not in ("sdpa", "esm"):
+            raise ValueError(f"attention {attention!r}; expected 'sdpa' or 'esm'")
+        if attention == "sdpa" and not _sdpa_compatible(model):
+            logger.info("model layers do not fit the SDPA path; using fair-esm's forward")
+            attention = "esm"
+        self.attention = attention
         self._amp_dtype = dtypes[precision]
         self.progress = progress
         self.fingerprint = model_fingerprint(model)
@@ -285,6 +355,7 @@ class ProteinEmbedder:
             "window": self.window,
             "stride": self.stride,
             "precision": self.precision,
+            "attention": self.attention,
         }
 
     def tokens(self, pieces: Sequence[str]):
@@ -377,8 +448,9 @@ class ProteinEmbedder:
                     u, a, e = chunks[c]
                     w[b, off : off + e - a] = 1.0 / self._coverage(len(uniq[u]))[a:e]
                 with torch.inference_mode(), amp:
-                    res = self.model(toks.to(self.device), repr_layers=[self.layer])
-                    rep = res["representations"][self.layer].float()  # (B, T, d)
+                    rep = esm2_representation(
+                        self.model, toks.to(self.device), self.layer, attention=self.attention
+                    ).float()  # (B, T, d)
                     pooled = torch.einsum(
                         "bt,btd->bd", torch.from_numpy(w).to(self.device), rep
                     )  # (B, d)
