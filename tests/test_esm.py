@@ -354,6 +354,20 @@ def test_local_checkpoint_loads_and_matches(tmp_path, tiny):
     np.testing.assert_array_equal(got, want)
 
 
+def test_hub_name_read_from_torch_hub_cache(tmp_path, tiny):
+    model, _ = tiny
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        os.makedirs(tmp_path / "checkpoints")
+        _save_checkpoint(model, tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt")
+        m2, _, name = load_esm2("esm2_t6_8M_UR50D")  # no network: the cached file is used
+    finally:
+        torch.hub.set_dir(old)
+    assert name == "esm2_t6_8M_UR50D"
+    torch.testing.assert_close(m2.state_dict(), model.state_dict())
+
+
 def test_not_esm2_checkpoints(tmp_path):
     p1 = tmp_path / "weights.pt"
     torch.save({"linear.weight": torch.zeros(3, 3)}, p1)

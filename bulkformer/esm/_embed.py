@@ -62,7 +62,8 @@ def load_esm2(name_or_path: str | os.PathLike):
     ----------
     name_or_path
         An existing file (a fair-esm ESM2 ``.pt`` such as ``esm2_t33_650M_UR50D.pt``) or one of
-        :data:`ESM2_MODELS` (downloaded by fair-esm into the torch hub cache, or read from it).
+        :data:`ESM2_MODELS` (downloaded by fair-esm into the torch hub cache, or read from it
+        when already there).
 
     Returns
     -------
@@ -107,16 +108,18 @@ def load_esm2(name_or_path: str | os.PathLike):
         )
     import esm
 
-    try:
+    url = f"https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+    try:  # the torch hub cache is used when the file is there; no contact-regression download
         with torch.serialization.safe_globals([argparse.Namespace]):
-            model, alphabet = esm.pretrained.load_model_and_alphabet_hub(name)
+            data = esm.pretrained.load_hub_workaround(url)
     except Exception as e:
         hub = os.path.join(torch.hub.get_dir(), "checkpoints", f"{name}.pt")
         raise ValueError(
             f"could not load ESM2 model {name!r} ({type(e).__name__}: {e}); without internet "
             f"place {name}.pt at {hub} or pass its path to --model"
         ) from e
-    return model.eval(), alphabet, name
+    model, alphabet = _esm2_from_checkpoint(data, f"{name} ({url})")
+    return model, alphabet, name
 
 
 def _esm2_from_checkpoint(data, where: str):
