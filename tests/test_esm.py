@@ -365,7 +365,9 @@ def test_hub_name_read_from_torch_hub_cache(tmp_path, tiny):
     finally:
         torch.hub.set_dir(old)
     assert name == "esm2_t6_8M_UR50D"
-    torch.testing.assert_close(m2.state_dict(), model.state_dict())
+    want = {k: v for k, v in model.state_dict().items() if "regression" not in k}
+    got = {k: v for k, v in m2.state_dict().items() if "regression" not in k}
+    torch.testing.assert_close(got, want)  # contact regression is not used, nor loaded
 
 
 def test_not_esm2_checkpoints(tmp_path):
