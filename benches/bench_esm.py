@@ -5,7 +5,7 @@ Run::
     python -m pytest benches/bench_esm.py --benchmark-enable
 
 ``test_cpu_embedder_vs_naive`` embeds the same 200 proteins (lengths 30–1,000, log-normal
-around 350) with a small randomly initialised ESM2 on CPU, both ways, alternating the two a few
+around 350) with a small randomly initialised ESM2 on CPU, both ways, alternating the two twice
 times (the machine may be shared) and keeping each one's best time. ``extra_info`` records
 residues/s of both and the speed-up (target 3×); the benchmark table times the embedder.
 
@@ -32,7 +32,7 @@ from bulkformer.esm import ProteinEmbedder, load_esm2  # noqa: E402
 logger = logging.getLogger(__name__)
 
 AA = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-ROUNDS = 3
+ROUNDS = 2
 
 
 def _proteins(n: int = 200, seed: int = 0) -> list[str]:
