@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "bulkformer.data.genes",  # genes build | info
     "bulkformer.data.archs4",  # archs4 info | search | qc
     "bulkformer.data.cli_corpus",  # preprocess, merge, corpus info|export
+    "bulkformer.esm",  # esm-embed, esm-align
 ]
 
 
