@@ -121,7 +121,7 @@ def run_demo(
     Parameters
     ----------
     out : output directory: ``corpus/`` (preprocessed), ``corpus_genes/`` (gene subset),
-        ``checkpoint/`` (pretraining output), ``report/``.
+        ``pretrain/`` (pretraining output, with the exported checkpoint), ``report/``.
     archs4 : an ARCHS4 gene-level ``.h5`` (optionally ``search`` / ``search_field``), or
     gdc, sample_sheet : a GDC STAR-Counts directory and its sample sheet; default: the
         bundled GEUVADIS demo.
