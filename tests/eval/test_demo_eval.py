@@ -8,7 +8,6 @@ import bulkformer.eval.demo as demo
 from bulkformer.cli import main
 
 
-@pytest.mark.slow  # ~40 s on an idle 2-core machine (UMAP JIT, t-SNE, 3 folds); more when loaded
 def test_demo_reduced(tmp_path, monkeypatch, capsys):
     calls = []
 
