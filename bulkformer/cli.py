@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "bulkformer.data.archs4",  # archs4 info | search | qc
     "bulkformer.data.cli_corpus",  # preprocess, merge, corpus info|export
     "bulkformer.esm",  # esm-embed, esm-align
+    "bulkformer.eval.cli",  # embed, probe, finetune, evaluate, demo
 ]
 
 

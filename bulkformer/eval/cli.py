@@ -1,0 +1,331 @@
+"""``bulkformer embed | probe | finetune | evaluate | demo``: thin parsing, then the eval API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_EPILOG = """\
+what it does (each step timed):
+  preprocess the data → keep the N most variable genes → pretrain a small BulkFormer →
+  embed → linear probe and fine-tuning vs logistic regression / PCA baselines (same folds) →
+  imputation vs gene-mean and kNN → UMAP / t-SNE → Markdown + HTML report in OUT/report
+
+examples:
+  bulkformer demo --out demo_run                     # bundled GEUVADIS, label sex, ~minutes
+  bulkformer demo --archs4 human_gene_v2.2.h5 --search liver --search-field source_name_ch1 \\
+      --label source_name_ch1 --out liver_run
+  bulkformer demo --gdc gdc_download/ --sample-sheet gdc_sample_sheet.tsv \\
+      --label "Project ID" --out tcga_run
+"""
+
+
+def _data_args(p, *, label: bool) -> None:
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE.h5ad|DIR", help="AnnData file or corpus directory")
+    src.add_argument("--corpus", metavar="DIR", help="corpus directory (bulkformer preprocess)")
+    g.add_argument(
+        "--values",
+        choices=["counts", "tpm", "log1p_tpm", "z"],
+        default="counts",
+        help=".h5ad: what the matrix holds (default counts; z = already standardized with the "
+        "checkpoint's statistics)",
+    )
+    g.add_argument("--layer", help=".h5ad: read this layer instead of X")
+    g.add_argument("--gene-column", metavar="COL", help=".h5ad: var column with Ensembl IDs")
+    if label:
+        g.add_argument(
+            "--label",
+            required=True,
+            metavar="COL",
+            help="label column (obs column of an .h5ad; 'label' for a corpus built with --label)",
+        )
+    m = p.add_argument_group("model")
+    m.add_argument("--checkpoint", required=True, metavar="DIR", help="pretrained directory")
+    m.add_argument("--how", choices=["mean", "max"], default="mean", help="pooling (mean)")
+    m.add_argument("--batch-size", type=int, default=16, metavar="N")
+    m.add_argument("--device", help="torch device (default: cuda when available)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cv_args(p) -> None:
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="stratified K-fold (5)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _open(args):
+    """(data, values): an AnnData read from --input FILE, or a corpus directory."""
+    path = args.corpus or args.input
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir():
+        from ..data.corpus import Corpus
+
+        return Corpus.open(p)
+    import anndata as ad
+
+    return ad.read_h5ad(p)
+
+
+def _kw(args) -> dict:
+    return dict(
+        values=args.values,
+        layer=args.layer,
+        gene_column=args.gene_column,
+        how=args.how,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+def add_parser(subparsers) -> None:
+    e = subparsers.add_parser(
+        "embed",
+        help="sample embeddings of an .h5ad or corpus with a pretrained BulkFormer",
+        description="Align, normalize and standardize the input like the checkpoint's corpus, "
+        "then write (N, D) sample embeddings.",
+        epilog="examples:\n  bulkformer embed --checkpoint ckpt --input samples.h5ad --out emb.h5ad\n"
+        "  bulkformer embed --checkpoint ckpt --corpus corpus --out emb.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_args(e, label=False)
+    e.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.npy|FILE.h5ad",
+        help=".npy: the (N, D) array; .h5ad: the input's obs with obsm[--key-added]",
+    )
+    e.add_argument("--key-added", default="X_bulkformer", help="obsm key (X_bulkformer)")
+    e.set_defaults(func=run_embed)
+
+    for name, helptext in (
+        ("probe", "linear probe of embeddings vs logistic-regression and PCA baselines"),
+        ("finetune", "cross-validated fine-tuning vs the same baselines"),
+    ):
+        p = subparsers.add_parser(name, help=helptext, description=helptext)
+        _data_args(p, label=True)
+        _cv_args(p)
+        if name == "finetune":
+            p.add_argument("--epochs", type=int, default=10)
+            p.add_argument("--lr", type=float, default=1e-3, help="head LR; encoder 0.1× (1e-3)")
+        p.add_argument("--out", metavar="FILE.csv", help="also write the metric table as CSV")
+        p.set_defaults(func=run_probe if name == "probe" else run_finetune)
+
+    v = subparsers.add_parser(
+        "evaluate",
+        help="all downstream checks of a checkpoint, written as a Markdown/HTML report",
+        description="Embed, linear probe and fine-tune vs baselines, impute, cluster and plot "
+        "UMAP/t-SNE; writes report.md, report.html, CSV tables and figures to --out.",
+    )
+    _data_args(v, label=True)
+    _cv_args(v)
+    v.add_argument("--out", required=True, metavar="REPORT_DIR")
+    v.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (10)")
+    v.add_argument("--no-finetune", action="store_true")
+    v.add_argument("--no-impute", action="store_true")
+    v.add_argument("--no-plots", action="store_true")
+    v.set_defaults(func=run_evaluate)
+
+    d = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline end to end (bundled data, or an ARCHS4 / GDC input)",
+        description="Preprocess, pretrain a small model, evaluate it against baselines and "
+        "write a report — on the bundled 85-sample GEUVADIS file by default.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", required=True, metavar="DIR")
+    d.add_argument("--archs4", metavar="FILE.h5", help="ARCHS4 gene-level file instead")
+    d.add_argument("--search", metavar="REGEX", help="ARCHS4: keep samples matching REGEX")
+    d.add_argument("--search-field", metavar="FIELD", help="ARCHS4: field searched by --search")
+    d.add_argument("--gdc", metavar="DIR", help="GDC STAR-Counts directory instead")
+    d.add_argument("--sample-sheet", metavar="TSV", help="GDC sample sheet (with --gdc)")
+    d.add_argument("--label", metavar="FIELD", help="field to classify (bundled: sex)")
+    d.add_argument(
+        "--genes",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="keep the N most variable genes (0 = all; default 256 bundled, 1024 "
+        "CPU, all on a GPU)",
+    )
+    d.add_argument("--steps", type=int, help="pretraining steps (150 bundled; 300 CPU; 2000 GPU)")
+    d.add_argument("--config", help="model preset or config JSON (tiny; small on a GPU)")
+    d.add_argument("--batch-size", type=int, metavar="N")
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--epochs", type=int, help="fine-tuning epochs (0 skips fine-tuning)")
+    d.add_argument("--folds", type=int, default=5, metavar="K")
+    d.add_argument("--device", help="torch device (default: cuda when available)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=run_demo)
+
+
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def run_embed(args) -> int:
+    import numpy as np
+
+    from ..data.corpus import Corpus
+    from .embed import embed
+
+    data = _open(args)
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".h5ad"):
+        raise ValueError(f"--out {out}: expected a .npy or .h5ad file name")
+    kw = _kw(args)
+    if isinstance(data, Corpus):
+        emb = embed(data, args.checkpoint, progress=_progress(args), **kw)
+        if out.suffix == ".h5ad":
+            import anndata as ad
+
+            obs = data.samples.set_index("sample_id")
+            obs.index = obs.index.astype(str)
+            adata = ad.AnnData(obs=obs, obsm={args.key_added: emb})
+            adata.uns["bulkformer"] = {
+                "model": args.checkpoint,
+                "corpus": str(data.path),
+                "pooling": args.how,
+            }
+            adata.write_h5ad(out)
+        else:
+            np.save(out, emb)
+    else:
+        embed(data, args.checkpoint, key_added=args.key_added, progress=_progress(args), **kw)
+        emb = data.obsm[args.key_added]
+        if out.suffix == ".h5ad":
+            data.write_h5ad(out)
+        else:
+            np.save(out, emb)
+    print(f"wrote {emb.shape[0]:,} × {emb.shape[1]} embeddings to {out}")
+    return 0
+
+
+def _print_table(df, out) -> None:
+    from .report import markdown_table
+
+    cols = [c for c in df.columns if c != "seconds"]
+    print(markdown_table(df[cols]))
+    if out:
+        df.to_csv(out)
+        print(f"wrote {out}")
+
+
+def run_probe(args) -> int:
+    from .probe import probe, results_table
+
+    data = _open(args)
+    res = probe(
+        data,
+        args.checkpoint,
+        args.label,
+        n_splits=args.folds,
+        seed=args.seed,
+        progress=_progress(args),
+        **_kw(args),
+    )
+    _print_table(results_table(res), args.out)
+    return 0
+
+
+def run_finetune(args) -> int:
+    from .embed import prepare_input, resolve_pretrained
+    from .finetune import finetune_cv
+    from .probe import baselines, labels_of, make_folds, results_table
+
+    data = _open(args)
+    kw = _kw(args)
+    pre = resolve_pretrained(args.checkpoint)
+    prep = prepare_input(
+        data, pre, values=kw["values"], layer=kw["layer"], gene_column=kw["gene_column"]
+    )
+    y = labels_of(prep, args.label)
+    folds = make_folds(y, n_splits=args.folds, seed=args.seed)
+    res = [
+        finetune_cv(
+            prep,
+            pre.model,
+            y,
+            folds,
+            how=args.how,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            device=args.device,
+            seed=args.seed,
+            progress=_progress(args),
+        )
+    ]
+    res += baselines(prep.z(), y, folds, seed=args.seed)
+    _print_table(results_table(res), args.out)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .report import evaluate
+
+    data = _open(args)
+    kw = _kw(args)
+    rep = evaluate(
+        args.checkpoint,
+        data,
+        label=args.label,
+        out=args.out,
+        n_splits=args.folds,
+        seed=args.seed,
+        finetune=not args.no_finetune,
+        finetune_epochs=args.epochs,
+        impute=not args.no_impute,
+        plots=not args.no_plots,
+        progress=_progress(args),
+        **kw,
+    )
+    _print_table(rep.classification, None)
+    if rep.imputation is not None:
+        _print_table(rep.imputation, None)
+    print(f"report: {rep.markdown}\n        {rep.html}")
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    try:
+        res = _demo(demo, args)
+    except RuntimeError as e:  # e.g. bulkformer.train not installed
+        print(f"bulkformer demo: error: {e}", file=sys.stderr)
+        return 1
+    print(res.summary())
+    return 0
+
+
+def _demo(demo, args):
+    return demo(
+        args.out,
+        archs4=args.archs4,
+        gdc=args.gdc,
+        sample_sheet=args.sample_sheet,
+        label=args.label,
+        search=args.search,
+        search_field=args.search_field,
+        n_genes=None if args.genes == 0 else args.genes,
+        steps=args.steps,
+        config=args.config,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        finetune_epochs=args.epochs,
+        n_splits=args.folds,
+        device=args.device,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=_progress(args),
+    )
