@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "bulkformer.data.genes",  # genes build | info
     "bulkformer.data.cli_corpus",  # preprocess, merge, corpus info|export
+    "bulkformer.train.cli",  # pretrain, subset-genes
 ]
 
 
