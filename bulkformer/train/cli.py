@@ -66,6 +66,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="data reader threads")
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="torch CPU threads (0: torch default)"
+    )
     p.add_argument("--prefetch", type=int, default=d.prefetch, help="batches read ahead")
     p.add_argument("--block-rows", type=int, default=d.block_rows, help="rows per shuffle block")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
@@ -126,6 +129,7 @@ def run_pretrain(args) -> int:
             seed=args.seed,
             workers=args.workers,
             prefetch=args.prefetch,
+            threads=args.threads,
             block_rows=args.block_rows,
             device=args.device,
             precision=args.precision,

@@ -87,6 +87,7 @@ class PretrainOptions:
     log_every: int = 10  # training rows in metrics.csv every N steps
     seed: int = 0
     workers: int = 2  # reader threads of the data loader
+    threads: int = 0  # torch intra-op CPU threads (0: leave torch's setting)
     prefetch: int = 4  # batches read ahead
     block_rows: int = 1024  # rows per shuffle block
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
@@ -310,6 +311,8 @@ class _Run:
     def __init__(self, corpus, out, esm, config, opts: PretrainOptions) -> None:
         self.opts = opts
         self.out = Path(out)
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
         self.info = setup_distributed(opts.device)
         info = self.info
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus)
