@@ -359,6 +359,7 @@ class _Run:
                 "train_rows": len(self.train_order),
             },
             "esm": esm_fp,
+            "fsdp": opts.distributed == "fsdp" and info.distributed,
         }
         self.esm_fp = esm_fp
         self._seed_all(opts.seed)
@@ -393,52 +394,36 @@ class _Run:
                 log.info("--%s with a single process: running without a wrapper", mode)
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        if mode == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+        if mode == "fsdp":  # FSDP2: one shard group per encoder block, then the rest
+            from torch.distributed.fsdp import fully_shard
 
-            from ..model.encoder import Block
-
-            mp = None
-            if self.amp_dtype is not None:
-                from torch.distributed.fsdp import MixedPrecision
-
-                mp = MixedPrecision(param_dtype=None, reduce_dtype=torch.float32)
-            return FSDP(
-                model,
-                auto_wrap_policy=ModuleWrapPolicy({Block}),
-                device_id=self.device if self.device.type == "cuda" else None,
-                use_orig_params=True,
-                mixed_precision=mp,
-            )
+            for block in model.encoder.blocks:
+                fully_shard(block)
+            fully_shard(model)
+            self._fsdp = True
+            return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=ids)
 
     @property
     def is_fsdp(self) -> bool:
-        return type(self.wrapped).__name__ == "FullyShardedDataParallel"
+        return getattr(self, "_fsdp", False)
 
     # ------------------------------------------------------------------ state
     def _full_state(self) -> tuple[dict | None, dict | None]:
         """(model state dict, optimizer state dict) — full, on CPU, on rank 0 (None elsewhere
         under FSDP)."""
         if self.is_fsdp:
-            from torch.distributed.fsdp import (
-                FullOptimStateDictConfig,
-                FullStateDictConfig,
-                StateDictType,
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
             )
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            with FSDP.state_dict_type(
-                self.wrapped,
-                StateDictType.FULL_STATE_DICT,
-                FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
-                FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
-            ):
-                msd = self.wrapped.state_dict()
-                osd = FSDP.optim_state_dict(self.wrapped, self.optimizer)
+            o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            msd = get_model_state_dict(self.model, options=o)
+            osd = get_optimizer_state_dict(self.model, self.optimizer, options=o)
             return (msd, osd) if self.info.is_main else (None, None)
         msd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return msd, self.optimizer.state_dict()
@@ -505,24 +490,15 @@ class _Run:
                 raise ckpt.CheckpointMismatchError(msg)
             log.warning("%s — continuing because of --force", msg)
         if self.is_fsdp:
-            from torch.distributed.fsdp import (
-                FullOptimStateDictConfig,
-                FullStateDictConfig,
-                StateDictType,
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
             )
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            with FSDP.state_dict_type(
-                self.wrapped,
-                StateDictType.FULL_STATE_DICT,
-                FullStateDictConfig(rank0_only=False),
-                FullOptimStateDictConfig(rank0_only=False),
-            ):
-                self.wrapped.load_state_dict(state["model"])
-                osd = FSDP.optim_state_dict_to_load(
-                    self.wrapped, self.optimizer, state["optimizer"]
-                )
-                self.optimizer.load_state_dict(osd)
+            o = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, state["model"], options=o)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=o)
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -586,7 +562,7 @@ class _Run:
         if len(self.val_rows) == 0:
             return None, None
         info, opts = self.info, self.opts
-        module = self.wrapped if self.is_fsdp else self.model
+        module = self.model  # (under FSDP2 the model itself is the sharded module)
         gen = Masker(opts.mask_fraction, opts.seed + 7919, self.device)
         b, GB = opts.batch_size, self.global_batch
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sse, z², count
@@ -683,12 +659,11 @@ class _Run:
                     sums[0] += parts["sse"].double()
                     sums[1] += parts["count"].double()
                     sums[2] += parts["nce"].double() / opts.accum
-                if self.is_fsdp:
-                    gn = self.wrapped.clip_grad_norm_(opts.clip if opts.clip > 0 else float("inf"))
-                else:
-                    gn = torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), opts.clip if opts.clip > 0 else float("inf")
-                    )
+                gn = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), opts.clip if opts.clip > 0 else float("inf")
+                )
+                if hasattr(gn, "full_tensor"):  # a DTensor under FSDP2
+                    gn = gn.full_tensor()
                 _all_reduce(sums[:1], info)
                 mse = (sums[0] / sums[1].clamp_min(1)).item()
                 nce = _all_reduce(sums[2:3].clone(), info).item() / info.world

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, PY, fast_cli_args, subprocess_env
+from train_helpers import FAST, PY, fast_cli_args, subprocess_env
 
 from bulkformer.data.corpus import Corpus
 from bulkformer.data.derive import derive_corpus
@@ -80,26 +80,46 @@ def test_tiny_model_beats_the_gene_mean_baseline(corpus256, tmp_path):
     assert np.array_equal(p.stats.mean, corpus256.stats.mean)
 
 
-# --------------------------------------------------------------------------- DDP
-def test_two_process_ddp_equals_one_process_with_doubled_batch(corpus64, tmp_path):
-    opts = dict(FAST, steps=4, ckpt_every=0, val_every=2)
-    one = pretrain(corpus64, tmp_path / "one", **{**opts, "batch_size": 4})
+# --------------------------------------------------------------------------- DDP / FSDP
+DIST_OPTS = dict(FAST, steps=4, ckpt_every=2, val_every=2)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(corpus64, tmp_path_factory):
+    return pretrain(
+        corpus64, tmp_path_factory.mktemp("one") / "run", **{**DIST_OPTS, "batch_size": 4}
+    )
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_with_doubled_batch(
+    corpus64, one_process_run, tmp_path, mode
+):
+    """torchrun, 2 ranks on gloo, batch 2 each == 1 process, batch 4: losses, gradient norms,
+    val MSE and final weights (to float rounding). FSDP is FSDP2 (fully_shard), on CPU too."""
+    one, run = one_process_run, tmp_path / mode
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "bulkformer.cli", "pretrain", "--corpus", str(corpus64.path)]
-    cmd += ["--out", str(tmp_path / "ddp"), "--ddp", "--device", "cpu"]
-    cmd += fast_cli_args(**{**opts, "batch_size": 2})
+    cmd += ["--out", str(run), f"--{mode}", "--device", "cpu"]
+    cmd += fast_cli_args(**{**DIST_OPTS, "batch_size": 2})
     p = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    a, b = train_losses(one.out), train_losses(tmp_path / "ddp")
+    a, b = train_losses(one.out), train_losses(run)
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
     np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5)
-    va = [
-        r["val_mse"] for r in read_metrics(tmp_path / "ddp" / "metrics.csv") if r["kind"] == "val"
+    # gradients too (Adam hides a wrong gradient scale from the weights)
+    gn = [
+        [r["grad_norm"] for r in read_metrics(d / "metrics.csv") if r["kind"] == "train"]
+        for d in (one.out, run)
     ]
+    np.testing.assert_allclose(gn[0], gn[1], rtol=1e-5)
+    va = [r["val_mse"] for r in read_metrics(run / "metrics.csv") if r["kind"] == "val"]
     np.testing.assert_allclose(va, [h["val_mse"] for h in one.history], rtol=1e-5)
-    assert_same_weights(weights(one.out), weights(tmp_path / "ddp"), atol=1e-5)
-    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
-    assert run["world_size"] == 2
+    assert_same_weights(weights(one.out), weights(run), atol=1e-5)
+    # the checkpoint holds full (gathered) state dicts, loadable without a process group
+    state = load_checkpoint(run)
+    assert state["model"].keys() == weights(one.out).keys()
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
 
 
 # --------------------------------------------------------------------------- kill and resume
