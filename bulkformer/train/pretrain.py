@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ class PretrainResult:
     train_loss: float  # mean training loss over the last logging window
     val_mse: float | None  # masked MSE on the val split at the end
     val_baseline: float | None  # gene-mean baseline (predict z = 0) on the same positions
-    tokens_per_s: float  # mean global throughput of this process' steps
+    tokens_per_s: float  # global tokens/s over the whole loop (validation, checkpoints included)
     metrics: Path  # metrics.csv
     config: BulkFormerConfig = None  # type: ignore[assignment]
     history: list = field(default_factory=list)  # the val rows of metrics.csv
@@ -308,13 +309,10 @@ def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 class _Run:
     """State of one pretraining run (split out of :func:`pretrain` to keep it readable)."""
 
-    def __init__(self, corpus, out, esm, config, opts: PretrainOptions) -> None:
+    def __init__(self, corpus, out, esm, config, opts: PretrainOptions, info: DistInfo) -> None:
         self.opts = opts
         self.out = Path(out)
-        if opts.threads:
-            torch.set_num_threads(opts.threads)
-        self.info = setup_distributed(opts.device)
-        info = self.info
+        self.info = info
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus)
         emb, has_protein, esm_fp = _load_esm(esm, self.corpus)
         cfg = resolve_config(config, self.corpus, d_esm=None if emb is None else emb.shape[1])
@@ -718,6 +716,7 @@ class _Run:
                 if bar is not None:
                     bar.update(1)
                 last = self.step == opts.steps
+                t_aside = time.perf_counter()  # validation and checkpoints: not step time
                 if (opts.val_every and self.step % opts.val_every == 0) or last:
                     val_mse, val_base = self.validate()
                     if metrics is not None and val_mse is not None:
@@ -737,6 +736,7 @@ class _Run:
                         )
                 if (opts.ckpt_every and self.step % opts.ckpt_every == 0) or last:
                     self.save()
+                t_win += time.perf_counter() - t_aside
         finally:
             loader.close()
             if bar is not None:
@@ -863,15 +863,16 @@ def pretrain(
             f"{out} already holds a run (checkpoints/): pass resume=True (--resume) to continue "
             "it or force=True (--force) to start over"
         )
-    run = _Run(corpus, out, esm, config, opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    info = setup_distributed(opts.device)
     try:
-        if not opts.resume and opts.force and run.info.is_main:
+        run = _Run(corpus, out, esm, config, opts, info)
+        if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
             for _, p in ckpt.list_checkpoints(out):
-                import shutil
-
                 shutil.rmtree(p)
-        if run.info.distributed:
+        if info.distributed:
             dist.barrier()
         return run.train()
     finally:
-        teardown_distributed(run.info)
+        teardown_distributed(info)
