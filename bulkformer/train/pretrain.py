@@ -393,7 +393,10 @@ class _Run:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         if mode == "fsdp":  # FSDP2: one shard group per encoder block, then the rest
-            from torch.distributed.fsdp import fully_shard
+            try:
+                from torch.distributed.fsdp import fully_shard
+            except ImportError:  # torch < 2.6
+                from torch.distributed._composable.fsdp import fully_shard
 
             for block in model.encoder.blocks:
                 fully_shard(block)
