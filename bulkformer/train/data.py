@@ -140,6 +140,7 @@ class BatchLoader:
         self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="bf-loader")
         self._pending: collections.deque = collections.deque()
         self._next = (self.epoch, self.index)  # next position to submit
+        self.last: Batch | None = None  # the batch most recently returned
 
     # ------------------------------------------------------------------ positions
     def _advance(self, e: int, i: int) -> tuple[int, int]:
@@ -179,6 +180,7 @@ class BatchLoader:
     def __next__(self) -> Batch:
         self._fill()
         batch = self._pending.popleft().result()
+        self.last = batch
         self.epoch, self.index = self._advance(batch.epoch, batch.index)
         self._fill()
         return batch

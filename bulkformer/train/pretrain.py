@@ -529,33 +529,37 @@ class _Run:
         missing = self.missing[source.to(dev, non_blocking=True)]  # (b, G)
         return x, missing
 
-    def _micro_step(self, batch, module) -> tuple[torch.Tensor, dict]:
-        """Forward and the loss of one micro-batch (not yet backpropagated). Returns the loss to
-        backpropagate (scaled for DDP averaging and accumulation) and detached sums."""
-        opts, info = self.opts, self.info
-        x, missing = self._inputs(batch.x, batch.source)
+    def _prepare(self, batch):
+        """Device inputs of one micro-batch: ``(x, missing, masked)``, each (V·b, G), where the
+        V = 2 views (contrastive term on) are the same rows masked twice."""
+        x, missing = self._inputs(batch.x, batch.source)  # (b, G) each
         b = len(x)
-        views = 2 if opts.contrastive_weight > 0 else 1
-        masked = self.masker(~missing, self.global_batch, info.rank * b, views)  # (V, b, G)
+        views = 2 if self.opts.contrastive_weight > 0 else 1
+        masked = self.masker(~missing, self.global_batch, self.info.rank * b, views)  # (V, b, G)
         if views == 2:
-            xv = torch.cat([x, x])  # (2b, G)
-            mv, mask_v = torch.cat([missing, missing]), masked.reshape(2 * b, -1)
-        else:
-            xv, mv, mask_v = x, missing, masked[0]
+            return torch.cat([x, x]), torch.cat([missing, missing]), masked.reshape(2 * b, -1)
+        return x, missing, masked[0]
+
+    def _micro_loss(self, module, x, missing, masked, count: torch.Tensor):
+        """Forward and loss of one micro-batch (not yet backpropagated).
+
+        ``count`` is the number of masked genes in the whole optimizer step (all micro-batches,
+        all ranks), so the summed gradients are those of one global mean — independent of how
+        the step is split into ranks and micro-batches. The returned loss is scaled by the world
+        size to undo DDP/FSDP's gradient averaging. Also returns the detached sums.
+        """
+        opts = self.opts
         with self._autocast():
-            out = module(xv, missing=mv, masked=mask_v)
-        err = (out.pred - xv).square()  # (V·b, G) fp32
-        sse = (err * mask_v).sum()
-        count = _all_reduce(mask_v.sum().to(torch.float64), info).clamp_min(1).float()
-        mse_local = sse / count  # this rank's share of the global mean
-        loss = mse_local * info.world
+            out = module(x, missing=missing, masked=masked)
+        sse = ((out.pred - x).square() * masked).sum()  # fp32
+        loss = sse / count * self.info.world
         nce = torch.zeros((), device=x.device)
-        if views == 2:
+        if opts.contrastive_weight > 0:
+            b = len(x) // 2
             pooled = out.pool("mean").float()  # (2b, D)
             nce = _info_nce(pooled[:b], pooled[b:], opts.contrastive_temperature)
-            loss = loss + opts.contrastive_weight * nce
-        loss = loss / opts.accum
-        return loss, {"sse": sse.detach(), "count": count, "nce": nce.detach()}
+            loss = loss + opts.contrastive_weight * nce / opts.accum
+        return loss, sse.detach(), nce.detach()
 
     def validate(self) -> tuple[float | None, float | None]:
         """Masked MSE of the model and of the gene-mean baseline (z = 0) on the val rows,
@@ -650,16 +654,22 @@ class _Run:
         try:
             while self.step < opts.steps:
                 sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-                for micro in range(opts.accum):
-                    batch = next(loader)
-                    sync = micro == opts.accum - 1 or not info.distributed or self.is_fsdp
+                micro = [self._prepare(next(loader)) for _ in range(opts.accum)]
+                batch = loader.last
+                count = sum(m[2].sum(dtype=torch.float64) for m in micro)
+                count = _all_reduce(count, info).clamp_min(1).float()  # the step's masked genes
+                for i, (x, missing, masked) in enumerate(micro):
+                    sync = i == opts.accum - 1 or not info.distributed or self.is_fsdp
                     ctx = nullcontext() if sync else self.wrapped.no_sync()
                     with ctx:
-                        loss, parts = self._micro_step(batch, self.forward_module)
+                        loss, sse, nce = self._micro_loss(
+                            self.forward_module, x, missing, masked, count
+                        )
                         loss.backward()
-                    sums[0] += parts["sse"].double()
-                    sums[1] += parts["count"].double()
-                    sums[2] += parts["nce"].double() / opts.accum
+                    sums[0] += sse.double()
+                    sums[2] += nce.double() / opts.accum
+                sums[1] = count.double()
+                del micro
                 gn = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), opts.clip if opts.clip > 0 else float("inf")
                 )

@@ -245,6 +245,20 @@ def test_corpus_too_small_for_the_batch(corpus64, tmp_path):
         pretrain(corpus64, tmp_path / "run", **{**FAST, "batch_size": n + 1}, steps=1)
 
 
+def test_accumulation_equals_the_larger_batch(corpus64, tmp_path):
+    """accum=2 × batch 2 == batch 4: the loss is normalised by the whole step's masked count
+    (on CPU the two mask draws are the one larger draw, so the steps are the same)."""
+    opts = dict(FAST, steps=3)
+    big = pretrain(corpus64, tmp_path / "big", **{**opts, "batch_size": 4})
+    acc = pretrain(corpus64, tmp_path / "acc", **{**opts, "batch_size": 2, "accum": 2})
+    rows = [
+        [(r["loss"], r["grad_norm"]) for r in read_metrics(x.metrics) if r["kind"] == "train"]
+        for x in (big, acc)
+    ]
+    np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5)
+    assert_same_weights(weights(big.out), weights(acc.out), atol=1e-5)
+
+
 def test_contrastive_term_and_accumulation_run(corpus64, tmp_path):
     r = pretrain(
         corpus64, tmp_path / "run", steps=3, **{**FAST, "accum": 2}, contrastive_weight=0.5
