@@ -618,11 +618,10 @@ class _Run:
                     default=str,
                 )
             )
-        metrics = (
-            MetricsLog(self.out, self.step if opts.resume else None, opts.tensorboard)
-            if (info.is_main)
-            else None
-        )
+        metrics = None  # rank 0 writes the metrics
+        if info.is_main:
+            resume_step = self.step if opts.resume else None
+            metrics = MetricsLog(self.out, resume_step, opts.tensorboard)
         loader = BatchLoader(
             self.corpus.expression,
             self.source_index,
