@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bulkformer.data.cli_corpus",  # preprocess, merge, corpus info|export
     "bulkformer.esm",  # esm-embed, esm-align
     "bulkformer.eval.cli",  # embed, probe, finetune, evaluate, demo
+    "bulkformer.train.cli",  # pretrain, subset-genes
 ]
 
 

@@ -1,0 +1,289 @@
+"""Pretraining end to end on real demo data (CPU): learning, DDP equivalence, resume, faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import FAST, PY, fast_cli_args, subprocess_env
+
+from bulkformer.data.corpus import Corpus
+from bulkformer.data.derive import derive_corpus
+from bulkformer.data.genes import ReferenceMismatchError
+from bulkformer.model import BulkFormerConfig
+from bulkformer.model.pretrained import load_pretrained
+from bulkformer.train import (
+    BlockOrder,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    list_checkpoints,
+    load_checkpoint,
+    pretrain,
+)
+from bulkformer.train.checkpoint import _SLEEP_ENV
+from bulkformer.train.monitor import read_metrics
+
+
+def train_losses(run):
+    return [
+        (r["step"], r["loss"]) for r in read_metrics(run / "metrics.csv") if r["kind"] == "train"
+    ]
+
+
+def weights(run):
+    return load_pretrained(run / "pretrained").model.state_dict()
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0 if atol == 0 else 1e-5, msg=k)
+
+
+# --------------------------------------------------------------------------- learning
+def test_tiny_model_beats_the_gene_mean_baseline(corpus256, tmp_path):
+    """Tiny preset on the 256 most variable demo genes: val MSE on masked genes ends clearly
+    below predicting each gene's mean (z = 0), and the run directory is complete."""
+    r = pretrain(
+        corpus256,
+        tmp_path / "run",
+        config="tiny",
+        steps=120,
+        batch_size=16,
+        lr=3e-3,
+        warmup=0.1,
+        val_every=40,
+        ckpt_every=60,
+        log_every=10,
+        progress=True,
+        tensorboard=None,
+        threads=1,
+    )
+    first, last = r.history[0], r.history[-1]
+    assert last["val_baseline"] == pytest.approx(first["val_baseline"])  # same positions
+    assert r.val_mse < 0.92 * r.val_baseline, (r.val_mse, r.val_baseline)
+    assert r.val_mse < first["val_mse"]
+    assert [s for s, _ in list_checkpoints(r.out)] == [60, 120]
+    for name in ("metrics.csv", "loss_curve.png", "run.json"):
+        assert (r.out / name).is_file()
+    assert any((r.out / "tb").iterdir())
+    p = load_pretrained(r.pretrained)
+    assert p.reference.id == corpus256.reference.id == p.model.config.reference_id
+    assert p.metadata["training"]["steps"] == 120
+    assert p.metadata["training"]["val_mse"] == pytest.approx(r.val_mse)
+    assert np.array_equal(p.stats.mean, corpus256.stats.mean)
+
+
+# --------------------------------------------------------------------------- DDP / FSDP
+DIST_OPTS = dict(FAST, steps=4, ckpt_every=2, val_every=2)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(corpus64, tmp_path_factory):
+    return pretrain(
+        corpus64, tmp_path_factory.mktemp("one") / "run", **{**DIST_OPTS, "batch_size": 4}
+    )
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_with_doubled_batch(
+    corpus64, one_process_run, tmp_path, mode
+):
+    """torchrun, 2 ranks on gloo, batch 2 each == 1 process, batch 4: losses, gradient norms,
+    val MSE and final weights (to float rounding). FSDP is FSDP2 (fully_shard), on CPU too."""
+    one, run = one_process_run, tmp_path / mode
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "bulkformer.cli", "pretrain", "--corpus", str(corpus64.path)]
+    cmd += ["--out", str(run), f"--{mode}", "--device", "cpu"]
+    cmd += fast_cli_args(**{**DIST_OPTS, "batch_size": 2})
+    p = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = train_losses(one.out), train_losses(run)
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5)
+    # gradients too (Adam hides a wrong gradient scale from the weights)
+    gn = [
+        [r["grad_norm"] for r in read_metrics(d / "metrics.csv") if r["kind"] == "train"]
+        for d in (one.out, run)
+    ]
+    np.testing.assert_allclose(gn[0], gn[1], rtol=1e-5)
+    va = [r["val_mse"] for r in read_metrics(run / "metrics.csv") if r["kind"] == "val"]
+    np.testing.assert_allclose(va, [h["val_mse"] for h in one.history], rtol=1e-5)
+    assert_same_weights(weights(one.out), weights(run), atol=1e-5)
+    # the checkpoint holds full (gathered) state dicts, loadable without a process group
+    state = load_checkpoint(run)
+    assert state["model"].keys() == weights(one.out).keys()
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+
+
+# --------------------------------------------------------------------------- kill and resume
+def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64, tmp_path):
+    opts = dict(FAST, steps=8, ckpt_every=2, keep_last=0, seed=3)
+    ref = pretrain(corpus64, tmp_path / "ref", **opts)
+
+    run = tmp_path / "killed"
+    cmd = [PY, "-m", "bulkformer.cli", "pretrain", "--corpus", str(corpus64.path)]
+    cmd += ["--out", str(run)] + fast_cli_args(**opts)
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(**{_SLEEP_ENV: "6:120"}), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until checkpoint 6 is half written
+            tmps = list((run / "checkpoints").glob(".tmp-step-00000006-*/state.pt"))
+            if tmps:
+                break
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("checkpoint 6 was never started")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]  # the half-written one is invisible
+    assert load_checkpoint(run)["step"] == 4
+    assert max(s for s, _ in train_losses(run)) >= 6  # the killed run got past step 4
+
+    res = pretrain(corpus64, run, resume=True, **opts)
+    assert res.steps == 8
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6, 8]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    a, b = train_losses(ref.out), train_losses(run)
+    assert [s for s, _ in b] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-6, atol=0)
+    assert_same_weights(weights(ref.out), weights(run), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- faults
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus64, tmp_path):
+    bad = derive_corpus(corpus64, tmp_path / "bad", genes=corpus64.reference)
+    # rows of the third global batch (batch size 4, seed 0) become NaN
+    order = BlockOrder(bad.splits["train"], block_rows=1024, seed=0)
+    rows = np.sort(order.epoch(0)[1][8:12])
+    x = np.load(bad.path / "expression.npy", mmap_mode="r+")
+    x[rows] = np.nan
+    x.flush()
+    del x
+    with pytest.raises(NonFiniteLossError, match="step 3") as e:
+        pretrain(bad.path, tmp_path / "run", steps=10, ckpt_every=1, **FAST)
+    assert "step-00000002" in str(e.value)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 2]
+    state = load_checkpoint(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_changed_config_resume_is_refused_unless_forced(corpus64, tmp_path, capsys):
+    from bulkformer.cli import main
+
+    pretrain(corpus64, tmp_path / "run", steps=2, ckpt_every=2, **FAST)
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(corpus64, tmp_path / "run", steps=4, **FAST)
+    with pytest.raises(CheckpointMismatchError, match=r"steps: checkpoint 2 → now 4"):
+        pretrain(corpus64, tmp_path / "run", steps=4, resume=True, **FAST)
+    cfg = tmp_path / "c.json"
+    BulkFormerConfig.from_preset("tiny", n_genes=64, d_model=32).to_json(cfg)
+    argv = ["pretrain", "--corpus", str(corpus64.path), "--out", str(tmp_path / "run")]
+    argv += ["--steps", "2", "--config", str(cfg), "--resume"] + fast_cli_args()
+    assert main(argv) == 1
+    assert "config.d_model: checkpoint 48 → now 32" in capsys.readouterr().err
+    r = pretrain(corpus64, tmp_path / "run", steps=4, resume=True, force=True, **FAST)
+    assert r.steps == 4
+    assert [s for s, _ in train_losses(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_mismatched_gene_references_are_refused(corpus64, demo_corpus, tmp_path, monkeypatch):
+    other = BulkFormerConfig.from_preset("tiny", n_genes=64, reference_id="gr-000000000000")
+    with pytest.raises(ReferenceMismatchError, match="gr-000000000000"):
+        pretrain(corpus64, tmp_path / "a", config=other, steps=1, **FAST)
+    cfg = tmp_path / "c.json"
+    BulkFormerConfig.from_preset("tiny", n_genes=65).to_json(cfg)
+    with pytest.raises(ValueError, match="n_genes=65"):
+        pretrain(corpus64, tmp_path / "a", config=str(cfg), steps=1, **FAST)
+
+    # a run on one 64-gene corpus cannot be resumed on another (even with force)
+    pretrain(corpus64, tmp_path / "b", steps=1, ckpt_every=1, **FAST)
+    by_mean = derive_corpus(demo_corpus, tmp_path / "m64", n_genes=64, by="mean")
+    assert by_mean.reference.id != corpus64.reference.id
+    with pytest.raises(ReferenceMismatchError, match="reference_id"):
+        pretrain(by_mean, tmp_path / "b", steps=2, resume=True, force=True, **FAST)
+
+    # ESM2 matrices (bulkformer.esm.load_esm_matrix contract, stubbed here)
+    calls = {}
+
+    def load_esm_matrix(path, reference=None):
+        calls["reference"] = reference.id
+        meta = json.loads(open(path).read())
+        emb = np.ones((meta["rows"], 32), dtype=np.float32)
+        return emb, np.ones(meta["rows"], dtype=bool), {"reference_id": meta["reference_id"]}
+
+    monkeypatch.setitem(
+        sys.modules, "bulkformer.esm", types.SimpleNamespace(load_esm_matrix=load_esm_matrix)
+    )
+    esm = tmp_path / "esm.json"
+    esm.write_text(json.dumps({"rows": 64, "reference_id": "gr-ffffffffffff"}))
+    with pytest.raises(ReferenceMismatchError, match="ESM2 matrix"):
+        pretrain(corpus64, tmp_path / "c", esm=esm, steps=1, **FAST)
+    esm.write_text(json.dumps({"rows": 63, "reference_id": None}))
+    with pytest.raises(ReferenceMismatchError, match=r"shape \(63, 32\)"):
+        pretrain(corpus64, tmp_path / "c", esm=esm, steps=1, **FAST)
+    esm.write_text(json.dumps({"rows": 64, "reference_id": corpus64.reference.id}))
+    r = pretrain(corpus64, tmp_path / "c", esm=esm, steps=1, **FAST)
+    assert calls["reference"] == corpus64.reference.id
+    assert r.config.d_esm == 32
+
+
+def test_corpus_too_small_for_the_batch(corpus64, tmp_path):
+    n = len(Corpus.open(corpus64.path).splits["train"])
+    with pytest.raises(ValueError, match=f"has {n} training rows but one global batch needs"):
+        pretrain(corpus64, tmp_path / "run", **{**FAST, "batch_size": n + 1}, steps=1)
+
+
+def test_accumulation_equals_the_larger_batch(corpus64, tmp_path):
+    """accum=2 × batch 2 == batch 4: the loss is normalised by the whole step's masked count
+    (on CPU the two mask draws are the one larger draw, so the steps are the same)."""
+    opts = dict(FAST, steps=3)
+    big = pretrain(corpus64, tmp_path / "big", **{**opts, "batch_size": 4})
+    acc = pretrain(corpus64, tmp_path / "acc", **{**opts, "batch_size": 2, "accum": 2})
+    rows = [
+        [(r["loss"], r["grad_norm"]) for r in read_metrics(x.metrics) if r["kind"] == "train"]
+        for x in (big, acc)
+    ]
+    np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5)
+    assert_same_weights(weights(big.out), weights(acc.out), atol=1e-5)
+
+
+def test_contrastive_term_and_accumulation_run(corpus64, tmp_path):
+    r = pretrain(
+        corpus64, tmp_path / "run", steps=3, **{**FAST, "accum": 2}, contrastive_weight=0.5
+    )
+    rows = [x for x in read_metrics(r.metrics) if x["kind"] == "train"]
+    assert all(x["contrastive"] > 0 and x["loss"] > x["mse"] for x in rows)
+    assert np.isfinite(r.train_loss)
+
+
+def test_cli_subset_genes(demo_corpus, tmp_path, capsys):
+    from bulkformer.cli import main
+
+    assert (
+        main(
+            [
+                "subset-genes",
+                "--corpus",
+                str(demo_corpus.path),
+                "--out",
+                str(tmp_path / "s"),
+                "--n-genes",
+                "100",
+            ]
+        )
+        == 0
+    )
+    assert "genes     100" in capsys.readouterr().out
+    assert Corpus.open(tmp_path / "s").manifest["derived_from"]["rule"] == "variance"
