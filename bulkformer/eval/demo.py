@@ -60,11 +60,12 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
     """Default sizes: the bundled demo is CPU-sized; user data scales with the hardware."""
     if bundled:
         return dict(
-            n_genes=256,
-            steps=150,
+            n_genes=512,
+            steps=400,
             config="tiny",
             batch_size=16,
-            finetune_epochs=3,
+            lr=3e-3,
+            finetune_epochs=5,
             min_nonzero=9000,
         )
     if gpu:
@@ -73,11 +74,18 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
             steps=2000,
             config="small",
             batch_size=16,
+            lr=1e-3,
             finetune_epochs=5,
             min_nonzero=14000,
         )
     return dict(
-        n_genes=1024, steps=300, config="tiny", batch_size=16, finetune_epochs=3, min_nonzero=14000
+        n_genes=1024,
+        steps=300,
+        config="tiny",
+        batch_size=16,
+        lr=3e-3,
+        finetune_epochs=5,
+        min_nonzero=14000,
     )
 
 
@@ -108,7 +116,7 @@ def run_demo(
     steps: int | None = None,
     config=None,
     batch_size: int | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     finetune_epochs: int | None = None,
     n_splits: int = 5,
     device=None,
@@ -137,7 +145,7 @@ def run_demo(
 
     from ..data.archs4 import ARCHS4Source
     from ..data.corpus import build_corpus
-    from ._subset import subset_corpus
+    from ..data.derive import derive_corpus
     from .report import evaluate
 
     pretrain = _pretrain_fn()  # fail before any work when training is not installed
@@ -152,6 +160,7 @@ def run_demo(
     steps = d["steps"] if steps is None else steps
     config = d["config"] if config is None else config
     batch_size = d["batch_size"] if batch_size is None else batch_size
+    lr = d["lr"] if lr is None else lr
     finetune_epochs = d["finetune_epochs"] if finetune_epochs is None else finetune_epochs
     label = label or "sex"
 
@@ -193,7 +202,7 @@ def run_demo(
     # 2. gene subset
     t = time.perf_counter()
     if n_genes is not None and n_genes < corpus.n_genes:
-        corpus = subset_corpus(corpus, out / "corpus_genes", n_genes=n_genes)
+        corpus = derive_corpus(corpus, out / "corpus_genes", n_genes=n_genes, overwrite=True)
     timings["gene_subset"] = time.perf_counter() - t
     log.info("demo: %d samples × %d genes", len(corpus), corpus.n_genes)
 
@@ -210,7 +219,7 @@ def run_demo(
         device=device,
         progress=progress,
     )
-    checkpoint = Path(getattr(res, "export_dir", res))
+    checkpoint = Path(res.pretrained)
     timings["pretrain"] = time.perf_counter() - t
 
     # 4. evaluate + report

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class FinetuneClassifier:
-    """A BulkFormer encoder + ``Linear(D → C)`` head on the pooled (observed-gene) embedding.
+    """A BulkFormer encoder + ``BatchNorm(D) → Linear(D → C)`` head on the pooled
+    (observed-gene) embedding.
 
     Parameters
     ----------
@@ -36,7 +37,7 @@ class FinetuneClassifier:
         classes,
         *,
         how: str = "mean",
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 0.01,
         device=None,
@@ -51,7 +52,13 @@ class FinetuneClassifier:
         self.classes = np.asarray(classes, dtype=object)
         self.how = how
         self.encoder = copy.deepcopy(model).to(self.device)
-        self.head = torch.nn.Linear(model.config.d_model, len(self.classes)).to(self.device)
+        # The pooled embedding is standardized per feature (as the linear probe's features are)
+        # before the linear layer: pooled hidden states are small and nearly collinear, and a
+        # bare linear head barely moves in the few steps a small labelled set gives.
+        d = model.config.d_model
+        self.head = torch.nn.Sequential(
+            torch.nn.BatchNorm1d(d), torch.nn.Linear(d, len(self.classes))
+        ).to(self.device)
         self.opt = torch.optim.AdamW(
             [
                 {"params": self.encoder.parameters(), "lr": lr * encoder_lr_scale},
@@ -74,6 +81,7 @@ class FinetuneClassifier:
         target = np.array([lut[v] for v in y], dtype=np.int64)
         rng = np.random.default_rng(self.seed)
         self.encoder.train()
+        self.head.train()
         self.history = []
         for _ in tqdm(range(epochs), desc="finetune", disable=not progress):
             order = rng.permutation(len(rows))
@@ -96,6 +104,7 @@ class FinetuneClassifier:
         import torch
 
         self.encoder.eval()
+        self.head.eval()
         out = []
         with torch.no_grad():
             for a in range(0, len(rows), batch_size):
@@ -114,7 +123,7 @@ def finetune_cv(
     *,
     how: str = "mean",
     epochs: int = 10,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     encoder_lr_scale: float = 0.1,
     batch_size: int = 16,
     device=None,
@@ -164,7 +173,7 @@ def finetune(
     split=None,
     seed: int = 0,
     epochs: int = 10,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     encoder_lr_scale: float = 0.1,
     batch_size: int = 16,
     device=None,

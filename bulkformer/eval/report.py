@@ -113,7 +113,7 @@ def evaluate(
     seed: int = 0,
     finetune: bool = True,
     finetune_epochs: int = 10,
-    finetune_lr: float = 1e-3,
+    finetune_lr: float = 1e-2,
     impute: bool = True,
     impute_fraction: float = 0.15,
     plots: bool = True,

@@ -37,12 +37,12 @@ class DistInfo:
         return self.world > 1
 
 
-def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``"auto"`` → ``cuda:<local_rank>`` when CUDA is available, else CPU; ``"cuda"`` →
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``"auto"`` (or None) → ``cuda:<local_rank>`` when CUDA is available, else CPU; ``"cuda"`` →
     ``cuda:<local_rank>``; anything else as given."""
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
+    if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():

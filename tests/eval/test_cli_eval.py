@@ -2,7 +2,6 @@
 
 import anndata as ad
 import numpy as np
-import pytest
 
 from bulkformer.cli import main
 
@@ -123,15 +122,3 @@ def test_probe_and_finetune_cli(corpus, ckpt, tmp_path, capsys):
         == 1
     )
     assert "Use fewer folds" in capsys.readouterr().err
-
-
-def test_demo_without_trainer_fails_clearly(tmp_path, capsys):
-    try:
-        from bulkformer.train import pretrain  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("bulkformer.train.pretrain is installed")
-    assert main(["demo", "--out", str(tmp_path / "d")]) == 1
-    assert "needs bulkformer.train.pretrain" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()  # failed before doing any work

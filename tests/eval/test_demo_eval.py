@@ -1,21 +1,16 @@
-"""End-to-end wiring of `bulkformer demo` on the bundled data, with a stand-in trainer
-(eval_data.stand_in_pretrain: the real bulkformer.train.pretrain's signature, a few steps)."""
+"""End-to-end `bulkformer demo` on the bundled data, reduced (few genes, few steps): the real
+preprocess → pretrain → evaluate chain."""
 
+import json
+
+import pandas as pd
 import pytest
-from eval_data import stand_in_pretrain
 
 import bulkformer.eval.demo as demo
 from bulkformer.cli import main
 
 
-def test_demo_reduced(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    def fake(corpus_dir, out_dir, **kw):
-        calls.append(kw)
-        return stand_in_pretrain(corpus_dir, out_dir, **kw)
-
-    monkeypatch.setattr(demo, "_pretrain_fn", lambda: fake)
+def test_demo_reduced(tmp_path, capsys):
     rc = main(
         [
             "demo",
@@ -36,8 +31,11 @@ def test_demo_reduced(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| linear_probe |" in out and "| logreg_log1p_tpm |" in out and "| knn |" in out
     assert f"report: {tmp_path / 'd' / 'report' / 'report.md'}" in out
-    assert calls[0]["steps"] == 2 and calls[0]["config"] == "tiny"
     d = tmp_path / "d"
+    meta = json.loads((d / "pretrain" / "pretrained" / "bulkformer.json").read_text())
+    manifest = json.loads((d / "corpus_genes" / "manifest.json").read_text())
+    assert meta["reference_id"] == manifest["reference"]["id"]
+    assert len(pd.read_csv(d / "pretrain" / "metrics.csv")) >= 1
     assert (d / "corpus" / "manifest.json").exists()
     assert (d / "report" / "projections.png").stat().st_size > 10000
     with pytest.raises(FileExistsError):

@@ -133,7 +133,7 @@ def test_bad_inputs(counts, corpus, pretrained, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         embed(x[:, :-1], pretrained, gene_ids=genes, progress=False)
     # the 64-gene checkpoint cannot read the full 19,944-gene corpus it was cut from
-    full = corpus.manifest["subset_of"]["corpus"]
+    full = corpus.manifest["derived_from"]["path"]
     with pytest.raises(ReferenceMismatchError, match="rebuild the corpus"):
         embed(full, pretrained, progress=False)
 
