@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,7 @@ def evaluate(
                 coords,
                 y,
                 out / "projections.png",
-                title=f"{title}: coloured by {label_name(label)}",
+                title=f"{title}: coloured by {label_name(label, data)}",
             )
     timings = dict(tm.t)
     pd.Series(timings, name="seconds").rename_axis("step").to_csv(out / "timings.csv")
@@ -244,12 +245,24 @@ def evaluate(
         "input": prep.kind,
     }
     rep = EvalReport(out, cls, imp, clus, timings, info)
-    _write_report(rep, title, label_name(label), figure, pre.metadata)
+    _write_report(rep, title, label_name(label, data), figure, pre.metadata)
     return rep
 
 
-def label_name(label) -> str:
-    return label if isinstance(label, str) else "label"
+def label_name(label, data=None) -> str:
+    """How to call the label in titles: the column name, or for a corpus' ``label`` column the
+    metadata field it was built from (``bulkformer preprocess --label sex`` → ``sex``)."""
+    if not isinstance(label, str):
+        return "label"
+    if label == "label":
+        manifest = getattr(data, "manifest", None)
+        if manifest is None and isinstance(data, (str, os.PathLike)):
+            mf = Path(data) / "manifest.json"
+            manifest = json.loads(mf.read_text()) if mf.is_file() else None
+        field = ((manifest or {}).get("parameters") or {}).get("label")
+        if isinstance(field, str) and field:
+            return field
+    return label
 
 
 _METRIC_COLS = [
