@@ -156,17 +156,19 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   check_matrix(m);
   if (spec.n_src != m.n_genes) throw std::invalid_argument("gene_map length != genes in file");
   NormPlan plan(spec);
-  const bool scratch = plan.needs_scratch();
-  const int64_t row_len = spec.n_out + 1;  // scratch row: n_out values + a sink slot
+  const bool values = plan.needs_values();
+  const int64_t row_len = std::max<int64_t>(plan.n_mapped(), 1);  // per-sample C/L values
   int64_t max_group = int64_t{1} << 40;
-  if (scratch) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
+  if (values) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
   std::vector<Task> tasks = plan_tasks(m, samples, n, max_group);
   const int threads =
       std::min<int>(resolve_threads(opt.threads), std::max<int>(1, static_cast<int>(tasks.size())));
   File f(m.path);
   std::vector<ChunkBuffers> bufs(threads);
-  std::vector<std::vector<float>> scr(threads);
+  std::vector<std::vector<float>> scr(threads), rowbuf(threads);
   std::vector<std::vector<uint32_t>> tbuf(threads);
+  if (values)
+    for (auto& rb : rowbuf) rb.assign(spec.n_out, 0.0f);
   std::vector<LocalStats> stats(threads);
   if (spec.stats)
     for (auto& st : stats) st.reset(spec.n_out);
@@ -176,9 +178,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     std::vector<SampleAcc> accs(g);
     std::vector<int64_t> local(g);
     for (int64_t k = 0; k < g; ++k) local[k] = samples[t.rows[k]] - t.col * m.chunk_samples;
-    if (scratch) scr[wid].resize(static_cast<size_t>(g * row_len));
+    if (values) scr[wid].resize(static_cast<size_t>(g * row_len));
     for (int64_t k = 0; k < g; ++k)
-      begin_sample(plan, accs[k], t.rows[k], scratch ? scr[wid].data() + k * row_len : nullptr);
+      begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
     for (int64_t r = 0; r < m.grid_rows; ++r) {
       const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
       if (!data) continue;  // unwritten chunk: zeros contribute nothing
@@ -214,7 +216,8 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     for (int64_t k = 0; k < g; ++k) {
       const int64_t row = t.rows[k];
       const bool use = spec.stats && (!spec.stats_rows || spec.stats_rows[row]);
-      finish_sample(plan, accs[k], row, use ? &stats[wid] : nullptr);
+      finish_sample(plan, accs[k], row, use ? &stats[wid] : nullptr,
+                    values ? rowbuf[wid].data() : nullptr);
     }
   });
   if (spec.stats)

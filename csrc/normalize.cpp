@@ -41,9 +41,8 @@ NormPlan::NormPlan(const NormSpec& s) : spec(s) {
   }
 }
 
-bool NormPlan::needs_scratch() const {
-  // values accumulate in a scratch row of n_out + 1 floats (the last is a sink for genes with
-  // no output column); counts accumulate straight into the output row
+bool NormPlan::needs_values() const {
+  // counts accumulate straight into the output row; QC-only calls need no values at all
   const bool values = spec.out_type != OutType::kNone || spec.stats != nullptr;
   return values && spec.mode != Mode::kCounts;
 }
@@ -69,20 +68,22 @@ void LocalStats::merge_into(double* st, int64_t n_out) const {
   }
 }
 
-void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* scratch) {
+void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals) {
   const NormSpec& s = plan.spec;
   acc.denom4[0] = acc.denom4[1] = acc.denom4[2] = acc.denom4[3] = 0.0;
   acc.nonzero = 0;
   acc.total = 0.0;
-  if (scratch) {
-    acc.scratch = scratch;
-  } else if (s.out_type == OutType::kF32) {  // counts mode
-    acc.scratch = static_cast<float*>(s.out) + row * s.out_row_stride;
-  } else if (s.out_type == OutType::kU32) {
-    acc.scratch = reinterpret_cast<float*>(static_cast<uint32_t*>(s.out) + row * s.out_row_stride);
+  acc.vals = vals;
+  acc.counts = nullptr;
+  if (vals) {
+    // genes of unwritten chunks are never visited: they stay 0
+    std::memset(vals, 0, sizeof(float) * plan.n_mapped());
+  } else if (s.mode == Mode::kCounts && s.out_type == OutType::kF32) {
+    acc.counts = static_cast<float*>(s.out) + row * s.out_row_stride;
+  } else if (s.mode == Mode::kCounts && s.out_type == OutType::kU32) {
+    acc.counts = reinterpret_cast<float*>(static_cast<uint32_t*>(s.out) + row * s.out_row_stride);
   }
-  if (acc.scratch && (s.out_type != OutType::kNone || s.stats))
-    std::memset(acc.scratch, 0, sizeof(float) * (scratch ? s.n_out + 1 : s.n_out));
+  if (acc.counts) std::memset(acc.counts, 0, sizeof(float) * s.n_out);
 }
 
 // Pass 1 of accumulate over n (a multiple of 4) contiguous genes starting at a gene index
@@ -134,9 +135,9 @@ void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, co
       const int64_t col = map[g];
       if (col < 0) continue;
       if (s.out_type == OutType::kU32)
-        reinterpret_cast<uint32_t*>(acc.scratch)[col] += static_cast<uint32_t>(c);
+        reinterpret_cast<uint32_t*>(acc.counts)[col] += static_cast<uint32_t>(c);
       else
-        acc.scratch[col] += static_cast<float>(c);
+        acc.counts[col] += static_cast<float>(c);
     }
   } else {
     // Pass 1 over all genes: QC and the TPM denominator. The denominator is summed in four
@@ -178,23 +179,23 @@ void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, co
       total += static_cast<double>(c);
       d4[g & 3] += static_cast<double>(static_cast<float>(c) * inv[g]);
     }
-    // Pass 2 over the genes that have an output column only (in gene order, so duplicates
-    // are summed in the same order on every path).
+    // Pass 2 over the genes that have an output column only: C/L stored in mapped order
+    // (a contiguous stretch of acc.vals per piece).
     const int64_t* mg = plan.mapped_gene.data();
-    const int32_t* mc = plan.mapped_col.data();
     const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
     const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
-    float* scr = acc.scratch;
-    for (const int64_t* it = lo; it < hi; ++it) {
+    float* vals = acc.vals + (lo - mg);
+    for (const int64_t* it = lo; it < hi; ++it, ++vals) {
       const int64_t gg = *it;
-      scr[mc[it - mg]] += static_cast<float>(src[(gg - g0) * stride]) * inv[gg];
+      *vals = static_cast<float>(src[(gg - g0) * stride]) * inv[gg];
     }
   }
   acc.nonzero += nnz;
   acc.total += total;
 }
 
-void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats) {
+void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,
+                   float* rowbuf) {
   const NormSpec& s = plan.spec;
   if (s.nonzero) s.nonzero[row] = acc.nonzero;
   if (s.total) s.total[row] = acc.total;
@@ -202,7 +203,12 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats
   const int64_t n = s.n_out;
   const double denom = (acc.denom4[0] + acc.denom4[1]) + (acc.denom4[2] + acc.denom4[3]);
   const float scale = denom > 0 ? static_cast<float>(1e6 / denom) : 0.0f;
-  float* v = acc.scratch;
+  float* v = rowbuf;
+  // scatter C/L to output columns (duplicates summed in gene order, on every path)
+  std::memset(v, 0, sizeof(float) * n);
+  const int32_t* mc = plan.mapped_col.data();
+  const int64_t nm = plan.n_mapped();
+  for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
   log1p_row(v, plan.covered.data(), n, scale);  // log1p(TPM) in place
   if (stats) {
     stats->count += 1.0;
@@ -236,20 +242,23 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
   const int64_t block = 16;
   const int64_t n_tasks = (n_rows + block - 1) / block;
   threads = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(n_tasks, 1)));
-  std::vector<std::vector<float>> scratch(threads);
+  const bool values = plan.needs_values();
+  std::vector<std::vector<float>> vals(threads), rowbuf(threads);
   std::vector<LocalStats> stats(threads);
   for (int t = 0; t < threads; ++t) {
-    if (plan.needs_scratch()) scratch[t].assign(spec.n_out + 1, 0.0f);
+    if (values) vals[t].assign(std::max<int64_t>(plan.n_mapped(), 1), 0.0f);
+    if (values) rowbuf[t].assign(spec.n_out, 0.0f);
     if (spec.stats) stats[t].reset(spec.n_out);
   }
   parallel_for(n_tasks, threads, [&](int wid, int64_t task) {
     const int64_t r0 = task * block, r1 = std::min(n_rows, r0 + block);
     for (int64_t r = r0; r < r1; ++r) {
       SampleAcc acc;
-      begin_sample(plan, acc, r, plan.needs_scratch() ? scratch[wid].data() : nullptr);
+      begin_sample(plan, acc, r, values ? vals[wid].data() : nullptr);
       accumulate(plan, acc, 0, spec.n_src, counts + r * count_stride, 1);
       const bool use = spec.stats && (!spec.stats_rows || spec.stats_rows[r]);
-      finish_sample(plan, acc, r, use ? &stats[wid] : nullptr);
+      finish_sample(plan, acc, r, use ? &stats[wid] : nullptr,
+                    values ? rowbuf[wid].data() : nullptr);
     }
   });
   if (spec.stats)

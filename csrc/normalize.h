@@ -45,12 +45,17 @@ struct NormPlan {
   std::vector<int32_t> mapped_col;   // their output columns
   std::vector<uint8_t> covered;     // [n_out]
   std::vector<float> zmean, zinv;   // [n_out] z = (v - zmean) * zinv, zinv = 0 where std bad
-  bool needs_scratch() const;       // true when values cannot be accumulated in `out` itself
+  bool needs_values() const;        // log1p/z values are computed (out or stats requested)
+  int64_t n_mapped() const { return static_cast<int64_t>(mapped_gene.size()); }
 };
 
 // Running state of one sample while its genes arrive (in gene order, in any number of pieces).
 struct SampleAcc {
-  float* scratch = nullptr;  // [n_out] accumulated C/L per output column (or counts)
+  // log1p/z modes: C/L of each mapped gene, in mapped (= source gene) order. Chunk rows arrive
+  // in gene order, so these writes stream; the scatter to output columns happens once, in
+  // finish_sample, inside one hot row.
+  float* vals = nullptr;     // [n_mapped]
+  float* counts = nullptr;   // counts mode: the output row itself (float32 or uint32 bits)
   double denom4[4] = {0, 0, 0, 0};  // sum of C/L over genes of known length, 4 lanes (g % 4)
   int64_t nonzero = 0;
   double total = 0.0;
@@ -64,17 +69,19 @@ struct LocalStats {
   void merge_into(double* stats, int64_t n_out) const;
 };
 
-// Prepares acc for row `row`: scratch (n_out + 1 floats, when plan.needs_scratch()) or, for
-// counts, the output row itself.
-void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* scratch);
+// Prepares acc for row `row`: `vals` (plan.n_mapped() floats, when plan.needs_values()) or,
+// for counts, the output row itself.
+void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals);
 
 // Adds source genes [g0, g1) of one sample; src[(g - g0) * stride] is gene g's count.
 template <typename T>
 void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, const T* src,
                 int64_t stride);
 
-// Writes row `row` of out (and QC, stats) from the finished accumulator.
-void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats);
+// Writes row `row` of out (and QC, stats) from the finished accumulator; `rowbuf` is a
+// per-thread buffer of n_out floats (values modes).
+void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,
+                   float* rowbuf);
 
 // Counts already in memory: counts[r * count_stride + j], rows in [0, n_rows).
 template <typename T>
