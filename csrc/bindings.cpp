@@ -215,20 +215,21 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "block_moments",
-      [](carray<float> x) {
+      [](carray<float> x, py::object rows) {
         BF_CHECK(x.ndim() == 2, "values must be 2-D (rows x genes)");
         const int64_t n = x.shape(0), g = x.shape(1);
+        const uint8_t* r = maybe<uint8_t>(rows, "rows", n);
         py::array_t<double> mean(g), m2(g);
         const float* p = x.data();
         double* pm = mean.mutable_data();
         double* p2 = m2.mutable_data();
         {
           py::gil_scoped_release release;
-          block_moments(p, n, g, pm, p2);
+          block_moments(p, n, g, r, pm, p2);
         }
         return py::make_tuple(mean, m2);
       },
-      py::arg("values"),
+      py::arg("values"), py::arg("rows") = py::none(),
       "Per-column mean and sum of squared deviations (float64) of a float32 block.");
 
   m.def(

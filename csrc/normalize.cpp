@@ -268,16 +268,21 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-void block_moments(const float* x, int64_t n, int64_t G, double* mean, double* m2) {
+void block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
+                   double* m2) {
   for (int64_t c = 0; c < G; ++c) mean[c] = 0.0, m2[c] = 0.0;
-  if (n == 0) return;
+  int64_t used = 0;
+  for (int64_t r = 0; r < n; ++r) used += (!rows || rows[r]) ? 1 : 0;
+  if (used == 0) return;
   for (int64_t r = 0; r < n; ++r) {
+    if (rows && !rows[r]) continue;
     const float* row = x + r * G;
     for (int64_t c = 0; c < G; ++c) mean[c] += static_cast<double>(row[c]);
   }
-  const double inv = 1.0 / static_cast<double>(n);
+  const double inv = 1.0 / static_cast<double>(used);
   for (int64_t c = 0; c < G; ++c) mean[c] *= inv;
   for (int64_t r = 0; r < n; ++r) {
+    if (rows && !rows[r]) continue;
     const float* row = x + r * G;
     for (int64_t c = 0; c < G; ++c) {
       const double d = static_cast<double>(row[c]) - mean[c];

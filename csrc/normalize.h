@@ -89,8 +89,10 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
                      int threads);
 
 // Column means and sums of squared deviations of a row-major (n, G) float32 block, in float64,
-// summing rows in order (deterministic; vectorized across columns).
-void block_moments(const float* x, int64_t n, int64_t G, double* mean, double* m2);
+// summing rows in order (deterministic; vectorized across columns). `rows` (n flags, or null
+// for all) selects the rows used; the result equals that of the selected rows copied out.
+void block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
+                   double* m2);
 
 extern template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,
                                           const uint32_t*, int64_t);

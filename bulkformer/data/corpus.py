@@ -175,6 +175,10 @@ class _NpyRows:
             self.fd = -1
 
 
+#: phase-1 progress is committed (fsync'd) at most this often; tests set it to 0
+COMMIT_SECONDS = float(os.environ.get("BULKFORMER_COMMIT_SECONDS", "1.0"))
+
+
 # ====================================================================== fingerprints
 def file_fingerprint(path: str | os.PathLike) -> dict:
     """Cheap identity of an input file or directory, recorded in the manifest.
@@ -270,18 +274,26 @@ class CorpusStats:
         )
 
 
-def _fold(stats: GeneStats, values: np.ndarray, covered: np.ndarray) -> None:
-    """Merge the statistics of ``values`` (n, G) over the ``covered`` columns into ``stats``.
+def _fold(
+    stats: GeneStats, values: np.ndarray, covered: np.ndarray, rows: np.ndarray | None = None
+) -> None:
+    """Merge the statistics of ``values`` (n, G) over the ``covered`` columns (and only the
+    ``rows`` marked true, when given: no copy of the block) into ``stats``.
 
     The single place where training statistics are accumulated, so that a single build and a
     merge of shards (which call it on the same blocks in the same order) agree bit for bit.
     """
-    n = len(values)
-    if n == 0:
-        return
     from .. import _C
 
-    mean, m2 = _C.block_moments(np.ascontiguousarray(values, dtype=np.float32))
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        n = int(rows.sum())
+    else:
+        n = len(values)
+    if n == 0:
+        return
+    mean, m2 = _C.block_moments(values, rows)
     part = GeneStats(len(covered))
     part.count[covered] = n
     part.mean_[covered] = mean[covered]
@@ -819,6 +831,7 @@ class _Writer:
             )
             return self._check_block(blk, s, a, z)
 
+        last_commit = time.monotonic()
         with ThreadPoolExecutor(1) as pool:  # read block b+1 while block b is written
             fut = pool.submit(read, todo[0]) if todo else None
             for k, b in enumerate(todo):
@@ -839,7 +852,12 @@ class _Writer:
                     )
                 prog.rows_written += len(vals)
                 prog.blocks_done += 1
-                self._commit("read", b1 - b0)
+                # a commit (fsync of every file + progress) at most every COMMIT_SECONDS: a kill
+                # loses at most that much reading, never consistency
+                now = time.monotonic()
+                if now - last_commit >= COMMIT_SECONDS or k + 1 == len(todo):
+                    self._commit("read", b1 - b0)
+                    last_commit = now
                 if bar is not None:
                     bar.update(z - a)
                 _sleep_hook()
@@ -857,7 +875,9 @@ class _Writer:
             raise RuntimeError(
                 f"{src.path}: read_block returned values of shape {v.shape}, expected {(n, self.G)}"
             )
-        if not np.isfinite(v).all():
+        # one vectorized pass (a NaN/inf anywhere makes the float64 sum non-finite; finite
+        # log1p(TPM) values are far too small to overflow it)
+        if not np.isfinite(np.add.reduce(v, axis=None, dtype=np.float64)):
             r = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
             raise ValueError(
                 f"{src.path}: sample {src.samples.index[a + r]!r} gives non-finite log1p(TPM) "

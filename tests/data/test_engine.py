@@ -361,3 +361,18 @@ def test_inflate_only_counts_bytes(tmp_path, data):
     with h5py.File(path) as f:
         n = engine.inflate_only(f["x"], [0, 1, 8])  # two chunk columns
     assert n == 2 * 11 * 100 * 7 * 4
+
+
+def test_block_moments_match_numpy_and_row_mask_equals_copy():
+    r = np.random.default_rng(5)
+    x = (r.normal(3, 2, (53, 97))).astype(np.float32)
+    m = r.random(53) < 0.6
+    mean, m2 = _C.block_moments(x, m.astype(np.uint8))
+    sub = x[m].astype(np.float64)
+    np.testing.assert_allclose(mean, sub.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m2, ((sub - sub.mean(0)) ** 2).sum(0), rtol=1e-9)
+    copy_mean, copy_m2 = _C.block_moments(np.ascontiguousarray(x[m]))
+    np.testing.assert_array_equal(mean, copy_mean)  # bit-identical: merges of shards rely on it
+    np.testing.assert_array_equal(m2, copy_m2)
+    z_mean, z_m2 = _C.block_moments(x, np.zeros(53, np.uint8))
+    assert not z_mean.any() and not z_m2.any()
