@@ -19,7 +19,7 @@ import warnings
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _compiles(code: str, libs: list[str]) -> bool:
@@ -84,14 +84,8 @@ ext_modules = [
 ]
 
 setup(
-    packages=[
-        "bulkformer",
-        "bulkformer.data",
-        "bulkformer.model",
-        "bulkformer.train",
-        "bulkformer.eval",
-        "bulkformer.kernels",
-    ],
+    # every subpackage of bulkformer/, plus kernels/ installed as bulkformer.kernels
+    packages=find_packages(include=["bulkformer", "bulkformer.*"]) + ["bulkformer.kernels"],
     package_dir={"bulkformer.kernels": "kernels"},
     package_data={"bulkformer": ["resources/*"]},
     include_package_data=True,
