@@ -191,11 +191,6 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
           accumulate(plan, accs[k], g0, g1, data + local[k] * m.chunk_genes, 1);
         continue;
       }
-      if (m.chunk_samples <= 16) {  // narrow chunk: a gene's samples share a cache line
-        for (int64_t k = 0; k < g; ++k)
-          accumulate(plan, accs[k], g0, g1, data + local[k], m.chunk_samples);
-        continue;
-      }
       // Gene-major chunk: gather the requested columns into sample-major rows first (tiled,
       // so both sides stay in cache), then every sample is one contiguous pass.
       std::vector<uint32_t>& T = tbuf[wid];

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <stdexcept>
 
 #include "fastmath.h"
@@ -90,12 +92,66 @@ void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals
 // that is a multiple of 4: lane j of d4 takes genes g with g % 4 == j. Written lane-wise so the
 // compiler keeps the four lanes in one SIMD register (no reassociation: results are identical
 // to the scalar order), cloned for AVX2 where the CPU has it.
+#ifdef BULKFORMER_X86
+static bool simd_disabled() {
+  const char* v = std::getenv("BULKFORMER_SIMD");
+  return v && std::strcmp(v, "0") == 0;
+}
+
+// AVX2 pass 1 for uint32 counts, bit-identical to the scalar lanes: the float of a count is
+// formed exactly (hi·65536 + lo, one rounding, as a direct conversion rounds), each product
+// rounds to float as in the scalar code, and lane j receives genes j, j+4, j+8, … in order.
+__attribute__((target("avx2"))) static void pass1_u32_avx2(const uint32_t* p, const float* inv,
+                                                           int64_t n, double* d4,
+                                                           int64_t* nnz_out, double* total_out) {
+  __m256d acc = _mm256_loadu_pd(d4);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi32(-1);
+  const __m256i mask16 = _mm256_set1_epi32(0xffff);
+  const __m256 k65536 = _mm256_set1_ps(65536.0f);
+  __m256i nz = zero, tot = zero;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
+    const __m256 f = _mm256_add_ps(_mm256_mul_ps(hi, k65536), lo);
+    const __m256 r = _mm256_mul_ps(f, _mm256_loadu_ps(inv + i));
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+    nz = _mm256_sub_epi32(nz, _mm256_xor_si256(_mm256_cmpeq_epi32(c, zero), ones));
+    tot = _mm256_add_epi64(tot, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(c)));
+    tot = _mm256_add_epi64(tot, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(c, 1)));
+  }
+  alignas(32) double d[4];
+  _mm256_store_pd(d, acc);
+  alignas(32) int32_t z[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(z), nz);
+  alignas(32) uint64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), tot);
+  int64_t nnz = 0;
+  for (int j = 0; j < 8; ++j) nnz += z[j];
+  uint64_t total = t[0] + t[1] + t[2] + t[3];
+  for (; i < n; i += 4) {  // n is a multiple of 4: at most one group left
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t c = p[i + j];
+      nnz += (c != 0);
+      total += c;
+      d[j] += static_cast<double>(static_cast<float>(c) * inv[i + j]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) d4[j] = d[j];
+  *nnz_out += nnz;
+  *total_out += static_cast<double>(total);
+}
+#endif
+
 template <typename T>
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-static void pass1_lanes(const T* __restrict p, const float* __restrict inv, int64_t n,
-                        double* d4, int64_t* nnz_out, double* total_out) {
+static void pass1_lanes_generic(const T* __restrict p, const float* __restrict inv, int64_t n,
+                                double* d4, int64_t* nnz_out, double* total_out) {
   double d[4] = {d4[0], d4[1], d4[2], d4[3]};
   double t[4] = {0, 0, 0, 0};
   int64_t z[4] = {0, 0, 0, 0};
@@ -110,6 +166,19 @@ static void pass1_lanes(const T* __restrict p, const float* __restrict inv, int6
   for (int j = 0; j < 4; ++j) d4[j] = d[j];
   *nnz_out += (z[0] + z[1]) + (z[2] + z[3]);
   *total_out += (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+template <typename T>
+static void pass1_lanes(const T* p, const float* inv, int64_t n, double* d4, int64_t* nnz_out,
+                        double* total_out) {
+#ifdef BULKFORMER_X86
+  if constexpr (std::is_same<T, uint32_t>::value) {
+    // BULKFORMER_SIMD=0 forces the portable loop (tests compare the two bit for bit)
+    static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
+    if (avx2) return pass1_u32_avx2(p, inv, n, d4, nnz_out, total_out);
+  }
+#endif
+  pass1_lanes_generic(p, inv, n, d4, nnz_out, total_out);
 }
 
 template <typename T>

@@ -376,3 +376,33 @@ def test_block_moments_match_numpy_and_row_mask_equals_copy():
     np.testing.assert_array_equal(m2, copy_m2)
     z_mean, z_m2 = _C.block_moments(x, np.zeros(53, np.uint8))
     assert not z_mean.any() and not z_m2.any()
+
+
+_SIMD_SCRIPT = r"""
+import sys, numpy as np
+from bulkformer import _C
+r = np.random.default_rng(11)
+c = (r.negative_binomial(1, 0.001, (29, 1037)) * (r.random((29, 1037)) < 0.7)).astype(np.uint32)
+c[0, :5] = [4_294_967_295, 16_777_217, 16_777_219, 2**31 + 1, 3]  # float rounding edge cases
+L = r.uniform(100, 9000, 1037)
+gm = r.integers(-1, 300, 1037)
+out = np.empty((29, 300), np.float32)
+nz = np.empty(29, np.int64); tot = np.empty(29)
+_C.normalize_dense(c, gene_map=gm, lengths=L, n_out=300, mode=1, out=out, nonzero=nz, total=tot)
+np.savez(sys.argv[1], out=out, nz=nz, tot=tot)
+"""
+
+
+def test_simd_and_portable_loops_are_bit_identical(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    files = []
+    for simd in ("1", "0"):
+        f = tmp_path / f"simd{simd}.npz"
+        env = dict(os.environ, BULKFORMER_SIMD=simd)
+        subprocess.run([sys.executable, "-c", _SIMD_SCRIPT, str(f)], check=True, env=env)
+        files.append(np.load(f))
+    for key in ("out", "nz", "tot"):
+        np.testing.assert_array_equal(files[0][key], files[1][key])
