@@ -402,7 +402,10 @@ def test_simd_and_portable_loops_are_bit_identical(tmp_path):
     for simd in ("1", "0"):
         f = tmp_path / f"simd{simd}.npz"
         env = dict(os.environ, BULKFORMER_SIMD=simd)
-        subprocess.run([sys.executable, "-c", _SIMD_SCRIPT, str(f)], check=True, env=env)
+        # cwd=tmp_path: "python -c" puts the cwd first on sys.path, and a checkout has no _C
+        subprocess.run(
+            [sys.executable, "-c", _SIMD_SCRIPT, str(f)], check=True, env=env, cwd=tmp_path
+        )
         files.append(np.load(f))
     for key in ("out", "nz", "tot"):
         np.testing.assert_array_equal(files[0][key], files[1][key])
