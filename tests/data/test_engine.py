@@ -398,10 +398,14 @@ def test_simd_and_portable_loops_are_bit_identical(tmp_path):
     import subprocess
     import sys
 
+    import bulkformer
+
     files = []
     for simd in ("1", "0"):
         f = tmp_path / f"simd{simd}.npz"
-        env = dict(os.environ, BULKFORMER_SIMD=simd)
+        # the same bulkformer as this process (installed, or a built checkout), whatever the cwd
+        root = os.path.dirname(os.path.dirname(os.path.abspath(bulkformer.__file__)))
+        env = dict(os.environ, BULKFORMER_SIMD=simd, PYTHONPATH=root)
         # cwd=tmp_path: "python -c" puts the cwd first on sys.path, and a checkout has no _C
         subprocess.run(
             [sys.executable, "-c", _SIMD_SCRIPT, str(f)], check=True, env=env, cwd=tmp_path
