@@ -183,8 +183,11 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
       begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
     for (int64_t r = 0; r < m.grid_rows; ++r) {
       const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
-      if (!data) continue;  // unwritten chunk: zeros contribute nothing
       const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
+      if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
+        for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
+        continue;
+      }
       const int64_t rows_here = g1 - g0;
       if (m.transposed) {  // storage is sample-major already
         for (int64_t k = 0; k < g; ++k)

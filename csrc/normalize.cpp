@@ -78,8 +78,8 @@ void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals
   acc.vals = vals;
   acc.counts = nullptr;
   if (vals) {
-    // genes of unwritten chunks are never visited: they stay 0
-    std::memset(vals, 0, sizeof(float) * plan.n_mapped());
+    // every mapped gene is assigned by accumulate (callers zero the genes of pieces they skip,
+    // see zero_piece), so no memset of the whole row here
   } else if (s.mode == Mode::kCounts && s.out_type == OutType::kF32) {
     acc.counts = static_cast<float*>(s.out) + row * s.out_row_stride;
   } else if (s.mode == Mode::kCounts && s.out_type == OutType::kU32) {
@@ -179,6 +179,14 @@ static void pass1_lanes(const T* p, const float* inv, int64_t n, double* d4, int
   }
 #endif
   pass1_lanes_generic(p, inv, n, d4, nnz_out, total_out);
+}
+
+void zero_piece(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1) {
+  if (!acc.vals) return;
+  const int64_t* mg = plan.mapped_gene.data();
+  const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
+  const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
+  std::memset(acc.vals + (lo - mg), 0, sizeof(float) * (hi - lo));
 }
 
 template <typename T>

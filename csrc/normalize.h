@@ -73,6 +73,10 @@ struct LocalStats {
 // for counts, the output row itself.
 void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals);
 
+// Genes [g0, g1) of one sample are all zero (an unwritten chunk): sets their values to 0.
+// Every gene range must be either accumulated or zeroed once per sample.
+void zero_piece(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1);
+
 // Adds source genes [g0, g1) of one sample; src[(g - g0) * stride] is gene g's count.
 template <typename T>
 void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, const T* src,

@@ -225,6 +225,22 @@ def test_unwritten_chunks_and_skipped_filters(tmp_path):
         via_h5py = read_matrix(f["x"], np.arange(30), mode="counts", engine="h5py")[0]
     np.testing.assert_array_equal(got, want.T)
     np.testing.assert_array_equal(via_h5py, want.T)
+    # values modes too: genes of unwritten chunks must read as 0 in every sample, even though
+    # the per-thread buffers are reused across samples and tasks
+    L = np.random.default_rng(5).uniform(100, 900, 40)
+    ref = log1p_tpm_ref(want.T, L)
+    with h5py.File(path) as f:
+        for threads in (1, 2):
+            for scratch in (256 << 20, 1):
+                v = read_matrix(
+                    f["x"],
+                    np.arange(30),
+                    lengths=L,
+                    engine="cpp",
+                    threads=threads,
+                    max_scratch_bytes=scratch,
+                )[0]
+                np.testing.assert_allclose(v, ref, rtol=2e-6, atol=2e-6)
 
 
 def test_big_endian_and_float_counts_use_fallback(tmp_path, data):
