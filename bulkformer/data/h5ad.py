@@ -122,6 +122,7 @@ class H5ADSource(ExpressionSource):
         else:
             genes = var[gene_column].astype(str).to_numpy(dtype=object)
         self._gene_ids = genes
+        self.gene_column = gene_column
         self.lengths = None
         if length_column is not None:
             if length_column not in var.columns:
@@ -165,8 +166,29 @@ class H5ADSource(ExpressionSource):
         return self._gene_ids
 
     def align(self, reference: GeneReference) -> Alignment:
-        """Gene alignment of this source to ``reference`` (used by the corpus writer)."""
-        return align_values(self._gene_ids, reference, self.values_kind, lengths=self.lengths)
+        """Gene alignment of this source to ``reference`` (used by the corpus writer).
+
+        By Ensembl ID; when not a single ID matches (a matrix indexed by gene symbol, as many
+        ``.h5ad`` files are), by symbol instead, with a warning.
+        """
+        al = align_values(self._gene_ids, reference, self.values_kind, lengths=self.lengths)
+        if al.n_matched == 0:
+            by_sym = align_values(
+                self._gene_ids, reference, self.values_kind, lengths=self.lengths, by_symbol=True
+            )
+            if by_sym.n_matched > 0:
+                log.warning(
+                    "%s: no gene ID of %s is an Ensembl ID of the reference; matched by gene "
+                    "symbol instead (%s)",
+                    self.path,
+                    self._elem_genes(),
+                    by_sym.report(),
+                )
+                return by_sym
+        return al
+
+    def _elem_genes(self) -> str:
+        return f"var[{self.gene_column!r}]" if self.gene_column else "var_names"
 
     def read_block(
         self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None

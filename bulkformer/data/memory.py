@@ -86,11 +86,13 @@ def align_values(
     values: str,
     *,
     lengths: np.ndarray | None = None,
+    by_symbol: bool = False,
 ) -> Alignment:
     """Align source genes to ``reference`` for a matrix of ``values`` (see module docstring).
 
     Lengths come from ``lengths`` when given, else from the embedded table of Ensembl gene
-    lengths when the package has one, else from the reference.
+    lengths when the package has one, else from the reference. ``by_symbol`` also matches
+    ``gene_ids`` against the reference's symbols (for matrices indexed by gene symbol).
     """
     default = None
     if lengths is None and values == "counts":
@@ -100,7 +102,14 @@ def align_values(
             default = default_gene_lengths()
         except ImportError:
             default = None
-    al = align_genes(gene_ids, reference, source_lengths=lengths, default_lengths=default)
+    al = align_genes(
+        gene_ids,
+        reference,
+        source_lengths=lengths,
+        default_lengths=default,
+        source_symbols=gene_ids if by_symbol else None,
+        by_symbol=by_symbol,
+    )
     if values != "counts":
         covered = np.zeros(len(reference), dtype=bool)
         covered[al.gene_map[al.gene_map >= 0]] = True

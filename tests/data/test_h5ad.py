@@ -131,3 +131,27 @@ def test_corpus_from_h5ad_equals_numpy_reference_and_array_source(tmp_path, refe
     assert len(a) == want["keep"].sum() < len(c)
     np.testing.assert_allclose(a.expression, want["z"].astype(np.float16), rtol=2e-3, atol=2e-3)
     np.testing.assert_array_equal(a.missing[0], want["missing"][0])
+
+
+def test_symbol_indexed_h5ad_matched_by_symbol(tmp_path, reference, caplog):
+    """Many .h5ad files index genes by symbol: with no Ensembl ID match, symbols are used."""
+    c, g, s, ln = _data()
+    al_ids = align_genes(g, reference)
+    pos = al_ids.gene_map
+    sym = np.array(
+        [reference.symbols[p] if p >= 0 else f"NOTAGENE{i}" for i, p in enumerate(pos)], object
+    )
+    uniq = ~pd.Series(sym).duplicated(keep=False).to_numpy()
+    path = tmp_path / "sym.h5ad"
+    var = pd.DataFrame(index=pd.Index(np.where(uniq, sym, [f"DUP{i}" for i in range(len(sym))])))
+    ad.AnnData(X=c.astype(np.float32), obs=s, var=var).write_h5ad(path)
+    src = H5ADSource(path)
+    with caplog.at_level("WARNING"):
+        al = src.align(reference)
+    assert "matched by gene symbol" in caplog.text
+    want = np.where(uniq & (pos >= 0), pos, -1)
+    ref_sym = pd.Series(reference.symbols)
+    ambiguous = ref_sym.duplicated(keep=False).to_numpy() | (ref_sym == "").to_numpy()
+    want = np.where((want >= 0) & ~ambiguous[np.maximum(want, 0)], want, -1)
+    np.testing.assert_array_equal(al.gene_map, want)
+    assert al.n_matched > 0
