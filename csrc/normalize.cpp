@@ -15,14 +15,12 @@
 namespace bulkformer {
 
 NormPlan::NormPlan(const NormSpec& s) : spec(s) {
-  inv_len.assign(s.n_src, 0.0);
   inv_len_f.assign(s.n_src, 0.0f);
   covered.assign(s.n_out, 0);
   for (int64_t j = 0; j < s.n_src; ++j) {
     const double L = s.lengths ? s.lengths[j] : 1.0;
     const bool ok = std::isfinite(L) && L > 0;
-    inv_len[j] = ok ? 1.0 / L : 0.0;
-    inv_len_f[j] = static_cast<float>(inv_len[j]);
+    inv_len_f[j] = ok ? static_cast<float>(1.0 / L) : 0.0f;
     const int64_t col = s.gene_map[j];
     if (col >= s.n_out) throw std::invalid_argument("gene_map value out of range");
     if (col >= 0 && ok) {

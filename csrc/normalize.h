@@ -39,8 +39,7 @@ struct NormSpec {
 struct NormPlan {
   explicit NormPlan(const NormSpec& spec);
   const NormSpec& spec;
-  std::vector<double> inv_len;      // [n_src] 1/L or 0 when unknown
-  std::vector<float> inv_len_f;     // the same in float32 (hot loop)
+  std::vector<float> inv_len_f;     // [n_src] 1/L in float32, 0 when the length is unknown
   std::vector<int64_t> mapped_gene;  // source genes with an output column and a length (sorted)
   std::vector<int32_t> mapped_col;   // their output columns
   std::vector<uint8_t> covered;     // [n_out]

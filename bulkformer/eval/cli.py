@@ -301,7 +301,7 @@ def run_demo(args) -> int:
 
     try:
         res = _demo(demo, args)
-    except RuntimeError as e:  # e.g. bulkformer.train not installed
+    except RuntimeError as e:  # an unreadable input chunk, a non-finite loss, ...
         print(f"bulkformer demo: error: {e}", file=sys.stderr)
         return 1
     print(res.summary())

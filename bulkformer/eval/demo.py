@@ -89,20 +89,6 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
     )
 
 
-def _pretrain_fn():
-    """``bulkformer.train.pretrain`` (imported only now); a clear error when it is absent."""
-    try:
-        from ..train import pretrain
-    except ImportError as e:  # the subpackage exists, the function does not (yet)
-        raise RuntimeError(
-            "bulkformer demo needs bulkformer.train.pretrain to pretrain a model, and this "
-            f"installation does not have it ({e}). Install a bulkformer with the training "
-            "subpackage, or evaluate an existing checkpoint with `bulkformer evaluate "
-            "--checkpoint DIR --corpus DIR --label COL --out DIR`"
-        ) from e
-    return pretrain
-
-
 def run_demo(
     out,
     *,
@@ -146,9 +132,9 @@ def run_demo(
     from ..data.archs4 import ARCHS4Source
     from ..data.corpus import build_corpus
     from ..data.derive import derive_corpus
+    from ..train import pretrain
     from .report import evaluate
 
-    pretrain = _pretrain_fn()  # fail before any work when training is not installed
     bundled = archs4 is None and gdc is None
     if archs4 is not None and gdc is not None:
         raise ValueError("give --archs4 or --gdc, not both")
