@@ -223,14 +223,47 @@ PYBIND11_MODULE(_C, m) {
         const float* p = x.data();
         double* pm = mean.mutable_data();
         double* p2 = m2.mutable_data();
+        int64_t bad;
         {
           py::gil_scoped_release release;
-          block_moments(p, n, g, r, pm, p2);
+          bad = block_moments(p, n, g, r, pm, p2);
         }
-        return py::make_tuple(mean, m2);
+        return py::make_tuple(mean, m2, bad);
       },
       py::arg("values"), py::arg("rows") = py::none(),
-      "Per-column mean and sum of squared deviations (float64) of a float32 block.");
+      "(mean, m2, bad_row): per-column mean and sum of squared deviations (float64) of the\n"
+      "selected rows of a float32 block; bad_row is the first row (of all) holding NaN/inf, in\n"
+      "which case the moments are not computed, else -1.");
+
+  m.def(
+      "standardize_f16",
+      [](py::object values, py::object shift, py::object scale, py::object out, py::object src,
+         int threads) {
+        auto v = py::cast<py::array>(values);
+        BF_CHECK(v.ndim() == 2, "values must be 2-D (rows x genes)");
+        const int64_t n = v.shape(0), g = v.shape(1);
+        auto sh = py::cast<py::array>(shift);
+        BF_CHECK(sh.ndim() == 2 && sh.shape(1) == g, "shift must be (n_sources, genes)");
+        const int64_t n_src = sh.shape(0);
+        const float* pv = need<float>(values, "values", n * g);
+        const float* ps = need<float>(shift, "shift", n_src * g);
+        const float* pk = need<float>(scale, "scale", n_src * g);
+        auto o = py::cast<py::array>(out);
+        BF_CHECK(o.dtype().is(py::dtype("float16")), "out must be float16");
+        BF_CHECK(o.ndim() == 2 && o.shape(0) == n && o.shape(1) == g,
+                 "out must have the shape of values");
+        auto* po = need_mut<uint16_t>(out.attr("view")(py::dtype::of<uint16_t>()), "out", n * g);
+        const int64_t* pr = maybe<int64_t>(src, "src", n);
+        BF_CHECK(pr != nullptr || n_src == 1, "src is required with more than one source row");
+        {
+          py::gil_scoped_release release;
+          standardize_f16(pv, n, g, pr, ps, pk, n_src, po, threads);
+        }
+      },
+      py::arg("values"), py::arg("shift"), py::arg("scale"), py::arg("out"),
+      py::arg("src") = py::none(), py::arg("threads") = 0,
+      "out[r] = float16(clip((values[r] - shift[src[r]]) * scale[src[r]], +-65504)), computed in\n"
+      "float32 (bit-identical to numpy), rows split across threads (0 = all cores).");
 
   m.def(
       "float_to_half",

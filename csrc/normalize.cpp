@@ -340,15 +340,36 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
     for (auto& st : stats) st.merge_into(spec.stats, spec.n_out);
 }
 
+namespace {
+// true when any of the n floats is NaN or ±inf (exponent bits all set); an integer OR-reduction
+// the compiler vectorizes.
+#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+bool any_nonfinite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    uint32_t b;
+    std::memcpy(&b, x + c, 4);
+    bad |= static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad != 0;
+}
+}  // namespace
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-void block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
-                   double* m2) {
+int64_t block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
+                      double* m2) {
   for (int64_t c = 0; c < G; ++c) mean[c] = 0.0, m2[c] = 0.0;
+  // every row (selected or not) is checked for NaN/inf first, while it is in cache anyway
   int64_t used = 0;
-  for (int64_t r = 0; r < n; ++r) used += (!rows || rows[r]) ? 1 : 0;
-  if (used == 0) return;
+  for (int64_t r = 0; r < n; ++r) {
+    if (any_nonfinite(x + r * G, G)) return r;
+    used += (!rows || rows[r]) ? 1 : 0;
+  }
+  if (used == 0) return -1;
   for (int64_t r = 0; r < n; ++r) {
     if (rows && !rows[r]) continue;
     const float* row = x + r * G;
@@ -364,6 +385,40 @@ void block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, do
       m2[c] += d * d;
     }
   }
+  return -1;
+}
+
+#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+static void standardize_row(const float* v, const float* shift, const float* scale, float* t,
+                            int64_t G) {
+  constexpr float kMax = 65504.0f;
+  for (int64_t c = 0; c < G; ++c) {
+    const float z = (v[c] - shift[c]) * scale[c];
+    t[c] = z < -kMax ? -kMax : (z > kMax ? kMax : z);
+  }
+}
+
+void standardize_f16(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
+                     const float* scale, int64_t n_src, uint16_t* out, int threads) {
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t s = src ? src[r] : 0;
+    if (s < 0 || s >= n_src) throw std::invalid_argument("source index out of range");
+  }
+  threads = resolve_threads(threads);
+  const int64_t rows_per_task = std::max<int64_t>(1, (n + 4 * threads - 1) / (4 * threads));
+  const int64_t n_tasks = (n + rows_per_task - 1) / rows_per_task;
+  std::vector<std::vector<float>> tmp(std::max(1, threads), std::vector<float>(G));
+  parallel_for(n_tasks, threads, [&](int wid, int64_t task) {
+    float* t = tmp[wid].data();
+    const int64_t r1 = std::min(n, (task + 1) * rows_per_task);
+    for (int64_t r = task * rows_per_task; r < r1; ++r) {
+      const int64_t s = src ? src[r] : 0;
+      standardize_row(v + r * G, shift + s * G, scale + s * G, t, G);
+      f32_to_f16_row(t, out + r * G, G);
+    }
+  });
 }
 
 template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,

@@ -94,8 +94,16 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
 // Column means and sums of squared deviations of a row-major (n, G) float32 block, in float64,
 // summing rows in order (deterministic; vectorized across columns). `rows` (n flags, or null
 // for all) selects the rows used; the result equals that of the selected rows copied out.
-void block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
-                   double* m2);
+// Every row, selected or not, is first checked for NaN/inf: the index of the first such row is
+// returned (and the moments are not computed), -1 when all are finite.
+int64_t block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
+                      double* m2);
+
+// out[r, :] = float16(clip((v[r, :] - shift[s, :]) * scale[s, :], ±65504)) with s = src[r] (or 0
+// when src is null), in float32 without contraction: bit-identical to the numpy expression
+// ((v - shift) * scale).clip(...).astype(float16). Rows are split across `threads`.
+void standardize_f16(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
+                     const float* scale, int64_t n_src, uint16_t* out, int threads);
 
 extern template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,
                                           const uint32_t*, int64_t);

@@ -154,6 +154,14 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="replace an existing --out (and discard an incompatible OUT.partial)",
     )
+    o.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync the data at every progress commit, so that an unfinished build (and the "
+        "result) survive a power failure or OS crash; slower: every byte goes to the disk while "
+        "building. Without it a killed build still resumes exactly, but after a reboot an "
+        "unfinished build starts over",
+    )
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_preprocess)
 
@@ -168,6 +176,14 @@ def add_parser(subparsers) -> None:
     m.add_argument("parts", nargs="+", metavar="PART", help="part directories (all n of them)")
     m.add_argument("--out", required=True, metavar="DIR", help="output corpus directory")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    m.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync the data at every progress commit, so that an unfinished build (and the "
+        "result) survive a power failure or OS crash; slower: every byte goes to the disk while "
+        "building. Without it a killed build still resumes exactly, but after a reboot an "
+        "unfinished build starts over",
+    )
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.set_defaults(func=run_merge)
 
@@ -289,6 +305,7 @@ def run_preprocess(args) -> int:
         overwrite=args.overwrite,
         shard=args.shard,
         progress=not args.no_progress and sys.stderr.isatty(),
+        durable=args.durable,
     )
     dt = time.time() - t0
     print(result.describe())
@@ -301,7 +318,11 @@ def run_merge(args) -> int:
     from .corpus import merge_parts
 
     corpus = merge_parts(
-        args.parts, args.out, overwrite=args.overwrite, progress=not args.no_progress
+        args.parts,
+        args.out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        durable=args.durable,
     )
     print(corpus.describe())
     return 0

@@ -175,8 +175,38 @@ class _NpyRows:
             self.fd = -1
 
 
-#: phase-1 progress is committed (fsync'd) at most this often; tests set it to 0
+#: progress is committed at most this often (and after the last block of each phase)
 COMMIT_SECONDS = float(os.environ.get("BULKFORMER_COMMIT_SECONDS", "1.0"))
+
+
+def _boot_id() -> str | None:
+    """This boot of the machine (Linux), to tell a killed build from a crashed machine."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:  # pragma: no cover - not Linux
+        return None
+
+
+def _resumable(old: dict, partial: Path) -> bool:
+    """Whether the data an interrupted build committed can be trusted.
+
+    A process kill loses nothing the build wrote (the kernel still holds it), so a build
+    committed without fsync resumes on the same boot. After a reboot (crash, power loss) only a
+    ``durable`` build's commits (data fsync'd before progress) are known to be on disk.
+    """
+    b = old.get("build", {})
+    if b.get("durable"):
+        return True
+    boot = _boot_id()
+    if boot is not None and b.get("boot_id") == boot:
+        return True
+    log.warning(
+        "%s was left by a build that did not fsync its data (durable=False) and the machine "
+        "has restarted since (or its boot cannot be identified): what it wrote may not have "
+        "reached the disk, so the build starts over",
+        partial,
+    )
+    return False
 
 
 # ====================================================================== fingerprints
@@ -275,10 +305,17 @@ class CorpusStats:
 
 
 def _fold(
-    stats: GeneStats, values: np.ndarray, covered: np.ndarray, rows: np.ndarray | None = None
-) -> None:
+    stats: GeneStats | None,
+    values: np.ndarray,
+    covered: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> int:
     """Merge the statistics of ``values`` (n, G) over the ``covered`` columns (and only the
     ``rows`` marked true, when given: no copy of the block) into ``stats``.
+
+    Every row of ``values`` (selected or not) is checked for NaN/inf in the same pass; the
+    index of the first bad row is returned (and nothing is merged), -1 when all are finite.
+    ``stats=None`` only checks.
 
     The single place where training statistics are accumulated, so that a single build and a
     merge of shards (which call it on the same blocks in the same order) agree bit for bit.
@@ -286,19 +323,20 @@ def _fold(
     from .. import _C
 
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if rows is not None:
+    if stats is None:
+        rows = np.zeros(len(values), dtype=np.uint8)
+    elif rows is not None:
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
-        n = int(rows.sum())
-    else:
-        n = len(values)
-    if n == 0:
-        return
-    mean, m2 = _C.block_moments(values, rows)
+    mean, m2, bad = _C.block_moments(values, rows)
+    n = len(values) if rows is None else int(np.count_nonzero(rows))
+    if bad >= 0 or n == 0:
+        return int(bad)
     part = GeneStats(len(covered))
     part.count[covered] = n
     part.mean_[covered] = mean[covered]
     part.m2[covered] = m2[covered]
     stats.merge(part)
+    return -1
 
 
 # ====================================================================== splits
@@ -565,6 +603,11 @@ class _Progress:
         )
 
 
+def _stamp(manifest: dict, durable: bool) -> None:
+    """Record how the data of the next commit was written (see :func:`_resumable`)."""
+    manifest.setdefault("build", {}).update(durable=bool(durable), boot_id=_boot_id())
+
+
 def _sleep_hook() -> None:
     s = os.environ.get(_SLEEP_ENV)
     if s:
@@ -595,8 +638,12 @@ def _open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Pat
         mf = partial / "manifest.json"
         old = json.loads(mf.read_text()) if mf.exists() else None
         if old is not None and old.get("kind") == kind and old.get("plan") == key:
-            log.info("resuming the interrupted build in %s", partial)
-            return partial, old
+            if _resumable(old, partial):
+                log.info("resuming the interrupted build in %s", partial)
+                return partial, old
+            shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            return partial, None
         if not overwrite:
             raise FileExistsError(
                 f"{partial} holds an interrupted build with different inputs or parameters; "
@@ -650,6 +697,7 @@ def build_corpus(
     overwrite: bool = False,
     shard: tuple[int, int] | str | None = None,
     progress: bool = True,
+    durable: bool = False,
 ) -> Corpus | CorpusPart:
     """Build a standardized, reference-aligned training corpus from expression sources.
 
@@ -674,6 +722,12 @@ def build_corpus(
     shard : ``(i, n)`` or ``"i/n"``: write part i of n (a contiguous range of blocks) as a
         :class:`CorpusPart`, to be joined by :func:`merge_parts`.
     progress : show tqdm progress bars.
+    durable : fsync the data before every progress commit, so that the partial build (and the
+        finished corpus) survive a power failure or OS crash, at the cost of writing every byte
+        to the disk while building. Without it (the default) a killed build still resumes
+        exactly — the kernel keeps what a process wrote — but after a reboot an unfinished
+        build starts over, and a corpus finished in the last seconds before a crash may not
+        be on disk yet (like files written by numpy, h5py or anndata).
 
     Returns
     -------
@@ -726,7 +780,9 @@ def build_corpus(
         manifest = _manifest(key, kind, {"plan": key, "build": build})
         if old is not None and "rows" in old:
             manifest["rows"] = old["rows"]
-        writer = _Writer(partial, plan, manifest, stats, threads, progress)
+        writer = _Writer(
+            partial, plan, manifest, stats, threads, progress, durable, sharded=sh is not None
+        )
         writer.run_read()
         if sh is not None:
             writer.finish_part()
@@ -744,6 +800,7 @@ def build_corpus(
         log.error("build interrupted; rerun the same command to resume from %s", partial)
         raise
     manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["build"].pop("boot_id", None)
     manifest["build"].update(finished=_now(), seconds=round(time.time() - t0, 3))
     manifest["build"]["threads"] = threads
     _write_atomic(partial / "manifest.json", _json_bytes(manifest))
@@ -768,8 +825,15 @@ def _missing(plan: _Plan) -> np.ndarray:
 class _Writer:
     """Phases of one build in ``partial``; every phase resumes from ``progress.npz``."""
 
-    def __init__(self, partial, plan: _Plan, manifest, stats, threads, progress):
+    def __init__(
+        self, partial, plan: _Plan, manifest, stats, threads, progress, durable=False, sharded=False
+    ):
         self.dir = partial
+        self.sharded = sharded
+        self.durable = durable
+        # with given statistics a whole corpus (not a shard, whose log1p rows a merge needs) is
+        # standardized as it is read: z goes straight to expression.npy, no float32 detour
+        self.direct = stats is not None and not sharded
         self.plan = plan
         self.manifest = manifest
         self.given_stats = stats
@@ -796,8 +860,10 @@ class _Writer:
         self.files = []
 
     def _commit(self, phase_name: str, total: int) -> None:
-        for f in self.files:
-            f.sync()
+        if self.durable:  # data on disk before the progress that claims it
+            for f in self.files:
+                f.sync()
+        _stamp(self.manifest, self.durable)
         self.prog.commit()
         self.manifest["progress"] = {
             "phase": phase_name,
@@ -810,10 +876,20 @@ class _Writer:
 
     # -------------------------------------------------------------- phase 1
     def run_read(self) -> None:
-        """Read every block of the shard once: log1p(TPM) → log1p.npy, QC, training stats."""
+        """Read every block of the shard once: log1p(TPM) → log1p.npy, QC, training stats (or,
+        with given statistics, z → expression.npy)."""
+        from .. import _C
+
         plan, prog = self.plan, self.prog
         b0, b1 = plan.shard_blocks
-        self.log1p = self._npy("log1p.npy", (self.n_in, self.G), np.float32)
+        if not self.direct:
+            self.log1p = self._npy("log1p.npy", (self.n_in, self.G), np.float32)
+        elif prog.phase == 1:  # rows are counted at the end (QC), then the file is shrunk
+            self.expr = self._npy("expression.npy", (self.n_in, self.G), np.float16)
+            shift, scale = _z_params(self.given_stats, _missing(plan))
+            z_buf = np.empty(
+                (min(plan.key["parameters"]["block_size"], self.n_in), self.G), dtype=np.float16
+            )
         self.nonzero = self._npy("qc_nonzero.npy", (self.n_in,), np.int64)
         self.total = self._npy("qc_total.npy", (self.n_in,), np.float64)
         if prog.phase != 1:
@@ -839,17 +915,30 @@ class _Writer:
                 fut = pool.submit(read, todo[k + 1]) if k + 1 < len(todo) else None
                 s, a, z = (int(v) for v in plan.blocks[b])
                 g = int(plan.block_start[b]) - self.r0
+                passed = blk.nonzero >= min_nz
+                # training statistics and the NaN/inf check of every row, in one pass
+                train = passed & (plan.split[self.r0 + g : self.r0 + g + (z - a)] == 0)
+                bad = _fold(
+                    prog.stats if want_stats else None,
+                    blk.values,
+                    plan.alignments[s].covered,
+                    train,
+                )
+                if bad >= 0:
+                    src = plan.sources[s]
+                    raise ValueError(
+                        f"{src.path}: sample {src.samples.index[a + bad]!r} gives non-finite "
+                        "log1p(TPM) values (NaN/inf in the input?)"
+                    )
                 self.nonzero.write(g, blk.nonzero)
                 self.total.write(g, blk.total)
-                passed = blk.nonzero >= min_nz
                 vals = blk.values if passed.all() else blk.values[passed]
-                self.log1p.write(prog.rows_written, vals)
-                if want_stats:
-                    gsplit = plan.split[self.r0 + g : self.r0 + g + (z - a)][passed]
-                    train = gsplit == 0
-                    _fold(
-                        prog.stats, vals if train.all() else vals[train], plan.alignments[s].covered
-                    )
+                if self.direct:
+                    z = z_buf[: len(vals)]
+                    _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z)
+                    self.expr.write(prog.rows_written, z)
+                else:
+                    self.log1p.write(prog.rows_written, vals)
                 prog.rows_written += len(vals)
                 prog.blocks_done += 1
                 # a commit (fsync of every file + progress) at most every COMMIT_SECONDS: a kill
@@ -875,14 +964,7 @@ class _Writer:
             raise RuntimeError(
                 f"{src.path}: read_block returned values of shape {v.shape}, expected {(n, self.G)}"
             )
-        # one vectorized pass (a NaN/inf anywhere makes the float64 sum non-finite; finite
-        # log1p(TPM) values are far too small to overflow it)
-        if not np.isfinite(np.add.reduce(v, axis=None, dtype=np.float64)):
-            r = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
-            raise ValueError(
-                f"{src.path}: sample {src.samples.index[a + r]!r} gives non-finite log1p(TPM) "
-                "values (NaN/inf in the input?)"
-            )
+        # NaN/inf are caught by _fold's pass over the block
         return Block(
             v.astype(np.float32, copy=False),
             np.asarray(blk.nonzero, dtype=np.int64).reshape(n),
@@ -942,7 +1024,7 @@ class _Writer:
                 f"no sample passed QC: all {self.n_in:,} have fewer than {min_nz:,} non-zero "
                 f"genes (the best has {best:,}); lower --min-nonzero / min_nonzero"
             )
-        if n_train == 0 and self.given_stats is None and self.plan.key.get("shard") is None:
+        if n_train == 0 and self.given_stats is None and not self.sharded:
             raise ValueError(
                 f"no training sample passed QC ({len(samples):,} kept in val/test), so no "
                 "statistics can be computed: give reference statistics (--stats) or more samples"
@@ -954,6 +1036,13 @@ class _Writer:
 
     def run_standardize(self) -> None:
         n = self.prog.rows_written
+        if self.direct:  # phase 1 wrote z already: drop the rows QC excluded
+            if self.prog.rows_done < n:
+                _set_npy_rows(self.dir / "expression.npy", n)
+                self.files.append(_NpyRows(self.dir / "expression.npy"))
+                self.prog.rows_done = n
+                self._commit("standardize", n)
+            return
         src_index = pd.read_csv(self.dir / "samples.tsv", sep="\t", usecols=["source_index"])
         _standardize(
             self.dir,
@@ -1019,60 +1108,112 @@ def _write_corpus_tables(d: Path, samples, excluded, stats: CorpusStats) -> None
     )
 
 
+def _z_params(stats: CorpusStats, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale), each (n_sources, G) float32, of z = (v − shift[s])·scale[s]: μ and 1/σ,
+    with z = 0 where σ = 0 (or is not finite) and where the gene is missing from source s."""
+    good = np.isfinite(stats.std) & (stats.std > 0)
+    inv = np.where(good, 1.0 / np.where(good, stats.std, 1.0), 0.0)
+    mean = np.where(good, stats.mean, 0.0).astype(np.float32)
+    n_src = len(missing)
+    shift = np.ascontiguousarray(np.broadcast_to(mean, (n_src, len(mean))))
+    scale = np.stack([np.where(~missing[s], inv, 0.0) for s in range(n_src)]).astype(np.float32)
+    return shift, scale
+
+
+def _set_npy_rows(path: Path, n: int) -> None:
+    """Shrink the row count of an ``.npy`` file in place: its header is rewritten to the same
+    length (padding absorbs the shorter number) and the file truncated. Idempotent."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+        if shape[0] == n:
+            return
+        if n > shape[0]:
+            raise ValueError(f"{path}: cannot grow {shape[0]} rows to {n}")
+        d = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": fortran,
+            "shape": (n, *shape[1:]),
+        }
+        buf = io.BytesIO()  # numpy's own header for the new shape (as _NpyRows writes it) ...
+        write = (
+            np.lib.format.write_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.write_array_header_2_0
+        )
+        write(buf, d)
+        header = buf.getvalue()
+        if len(header) != offset:  # ... padded to the old length if it differs  # pragma: no cover
+            text = "{" + "".join(f"'{k}': {v!r}, " for k, v in sorted(d.items())) + "}"
+            magic = np.lib.format.magic(*version)
+            size = 2 if version == (1, 0) else 4
+            pad = offset - len(magic) - size - len(text) - 1
+            if pad < 0:
+                raise ValueError(f"{path}: header does not fit")
+            body = (text + " " * pad + "\n").encode("latin1")
+            header = magic + len(body).to_bytes(size, "little") + body
+        f.seek(0)
+        f.write(header)
+        f.truncate(offset + n * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+
 def _standardize(d, segments, source_index, stats, missing, prog, block_size, commit, show, files):
-    """Phase 2: float32 log1p rows (concatenated ``segments``) → float16 z in expression.npy."""
+    """Phase 2: float32 log1p rows (concatenated ``segments``) → float16 z in expression.npy.
+
+    z = (v − μ)·(1/σ) in float32 (0 where σ = 0 or the gene is missing from the row's source),
+    clipped to the float16 range, by the C++ kernel (bit-identical to that numpy expression).
+    The next block is read while this one is converted and written; ``commit`` runs at most
+    every COMMIT_SECONDS and after the last block.
+    """
+    from .. import _C
+
     G = len(stats.mean)
     N = int(sum(n for _, n in segments))
     p = d / "expression.npy"
     expr = _NpyRows(p) if p.exists() else _NpyRows(p, (N, G), np.float16, create=True)
     files.append(expr)
-    good = np.isfinite(stats.std) & (stats.std > 0)
-    inv = np.where(good, 1.0 / np.where(good, stats.std, 1.0), 0.0)
-    mean = np.where(good, stats.mean, 0.0)
-    # per source: z = (v − μ)·(1/σ) in float32, 0 where σ = 0 or the gene is missing
-    shift = [mean.astype(np.float32)] * len(missing)
-    scale = [np.where(~missing[s], inv, 0.0).astype(np.float32) for s in range(len(missing))]
-    starts = np.concatenate([[0], np.cumsum([n for _, n in segments])])
+    shift, scale = _z_params(stats, missing)
+    source_index = np.ascontiguousarray(source_index, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum([n for _, n in segments])]).astype(np.int64)
     bar = _tqdm(N, "standardize", show, prog.rows_done)
-    n_work = min(os.cpu_count() or 1, 8)
-    pool = ThreadPoolExecutor(n_work)  # numpy releases the GIL: row chunks in parallel
-    while prog.rows_done < N:
-        r = prog.rows_done
+
+    def span(r: int) -> tuple[int, int, int]:
         seg = int(np.searchsorted(starts, r, side="right") - 1)
-        f, n_seg = segments[seg]
-        n = min(block_size, N - r, int(starts[seg + 1]) - r)
-        v = f.read(r - int(starts[seg]), n)  # (n, G) float32, standardized in place
-        si = source_index[r : r + n]
-        z = np.empty((n, G), dtype=np.float16)
-        cuts = np.linspace(0, n, n_work + 1).astype(int)
-        list(pool.map(_zchunk, [(v, z, si, shift, scale, a, b) for a, b in zip(cuts, cuts[1:])]))
-        expr.write(r, z)
-        prog.rows_done += n
-        prog.blocks_done += 1
-        commit()
-        if bar is not None:
-            bar.update(n)
-        _sleep_hook()
-    pool.shutdown()
+        return seg, r - int(starts[seg]), min(block_size, N - r, int(starts[seg + 1]) - r)
+
+    def read(r: int) -> np.ndarray:
+        seg, off, n = span(r)
+        return segments[seg][0].read(off, n)
+
+    z_buf = np.empty((min(block_size, max(N, 1)), G), dtype=np.float16)
+    last_commit = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:  # read block k+1 while block k is converted
+        fut = pool.submit(read, prog.rows_done) if prog.rows_done < N else None
+        while prog.rows_done < N:
+            r = prog.rows_done
+            v = fut.result()
+            n = len(v)
+            fut = pool.submit(read, r + n) if r + n < N else None
+            z = z_buf[:n]
+            _C.standardize_f16(v, shift, scale, z, source_index[r : r + n])
+            expr.write(r, z)
+            prog.rows_done += n
+            prog.blocks_done += 1
+            now = time.monotonic()
+            if now - last_commit >= COMMIT_SECONDS or prog.rows_done == N:
+                commit()
+                last_commit = now
+            if bar is not None:
+                bar.update(n)
+            _sleep_hook()
     if bar is not None:
         bar.close()
-
-
-def _zchunk(args) -> None:
-    """Rows a:b of one block: z = (v − μ)·(1/σ) in float32 (per source), clipped, → float16."""
-    v, z, si, shift, scale, a, b = args
-    if a == b:
-        return
-    v, si = v[a:b], si[a:b]
-    for s in np.unique(si):
-        if si[0] == si[-1]:
-            v -= shift[s]
-            v *= scale[s]
-        else:
-            m = si == s
-            v[m] = (v[m] - shift[s]) * scale[s]
-    np.clip(v, -FLOAT16_MAX, FLOAT16_MAX, out=v)
-    z[a:b] = v
 
 
 # ====================================================================== merge
@@ -1082,13 +1223,15 @@ def merge_parts(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    durable: bool = False,
 ) -> Corpus:
     """Join the parts written by ``build_corpus(..., shard=(i, n))`` into one corpus.
 
     The training statistics are re-folded from the parts' float32 ``log1p.npy`` block by block
     in the order of a single build, so the result is byte-identical to building in one go
     (the manifest's ``build`` section aside). Parts must come from the same inputs and
-    parameters, all ``n`` of them exactly once (any order).
+    parameters, all ``n`` of them exactly once (any order). ``durable`` as in
+    :func:`build_corpus`.
     """
     t0 = time.time()
     out = Path(out)
@@ -1164,8 +1307,10 @@ def merge_parts(
         N = int(sum(n for _, n in segs))
 
         def commit():
-            for f in files:
-                f.sync()
+            if durable:
+                for f in files:
+                    f.sync()
+            _stamp(manifest, durable)
             prog.commit()
             manifest["progress"] = {"phase": "standardize", "rows_done": prog.rows_done, "total": N}
             _write_atomic(partial / "manifest.json", _json_bytes(manifest))
@@ -1188,6 +1333,7 @@ def merge_parts(
         manifest.pop("plan", None)
         manifest["files"] = _FILES
         manifest["missing_layout"] = "per-source"
+        manifest["build"].pop("boot_id", None)
         manifest["build"].update(finished=_now(), seconds=round(time.time() - t0, 3))
         manifest["build"]["threads"] = None
         _write_atomic(partial / "manifest.json", _json_bytes(manifest))
@@ -1211,7 +1357,9 @@ def _refold(stats: GeneStats, log1p: _NpyRows, samples: pd.DataFrame, missing) -
     cuts = np.flatnonzero(np.diff(blocks)) + 1
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(blocks)]):
         v = log1p.read(int(lo), int(hi - lo))
-        _fold(stats, v[train[lo:hi]], ~missing[src[lo]])
+        bad = _fold(stats, v, ~missing[src[lo]], train[lo:hi])
+        if bad >= 0:
+            raise ValueError(f"{log1p.path}: row {int(lo) + bad} holds NaN/inf (corrupt part?)")
 
 
 # ====================================================================== reading

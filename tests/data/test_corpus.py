@@ -153,6 +153,53 @@ def test_given_stats_standardize_like_reference_corpus(tmp_path, reference):
     assert "given" in new.describe()
 
 
+def test_given_stats_direct_build_equals_two_phase_merge(tmp_path, reference):
+    """With given statistics a build writes z while reading (no float32 detour) and then drops
+    the rows QC excluded; shards take the two-phase path (log1p, then a merge standardizes).
+    Both give the same bytes, and the numpy pipeline's values."""
+    data = _two_sources()
+    base = build_corpus(
+        _sources(data[:1]), tmp_path / "a", reference, min_nonzero=0, progress=False
+    )
+    kw = dict(label="tissue", min_nonzero=24, block_size=7, stats=base.path, progress=False)
+    direct = build_corpus(_sources(data), tmp_path / "direct", reference, **kw)
+    assert not (direct.path / "log1p.npy").exists()
+    n_excluded = direct.manifest["rows"]["excluded"]
+    assert n_excluded > 0  # the file was shrunk in place
+    assert direct.expression.shape == (84 - n_excluded, len(reference))
+    for i in range(2):
+        build_corpus(_sources(data), tmp_path / f"p{i}", reference, shard=f"{i}/2", **kw)
+    merged = merge_parts([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m", progress=False)
+    _same_files(direct.path, merged.path)
+    want = pipeline_ref(
+        [(c, g, ln) for c, g, _, ln in data],
+        reference,
+        min_nonzero=24,
+        split=np.zeros(84),
+        stats=(base.stats.mean, base.stats.std),
+    )
+    np.testing.assert_allclose(
+        direct.expression, want["z"].astype(np.float16), rtol=2e-3, atol=2e-3
+    )
+
+
+@pytest.mark.parametrize("n_in,n", [(1000, 999), (100_000, 5), (64, 64), (7, 0)])
+def test_set_npy_rows_shrinks_in_place(tmp_path, n_in, n):
+    from bulkformer.data.corpus import _set_npy_rows
+
+    a = np.arange(n_in * 3, dtype=np.float16).reshape(n_in, 3)
+    p = tmp_path / "x.npy"
+    np.save(p, a)
+    offset = p.stat().st_size - a.nbytes
+    _set_npy_rows(p, n)
+    _set_npy_rows(p, n)  # idempotent
+    b = np.load(p)
+    np.testing.assert_array_equal(b, a[:n])
+    assert p.stat().st_size == offset + b.nbytes
+    with pytest.raises(ValueError, match="cannot grow"):
+        _set_npy_rows(p, n + 1)
+
+
 def test_assign_splits_stratified_seeded():
     labels = np.array(["x"] * 200 + ["y"] * 100 + ["tiny"] * 2 + ["z"] * 41)
     a = assign_splits(len(labels), (0.8, 0.1, 0.1), seed=5, labels=labels)
@@ -204,20 +251,24 @@ _SCRIPT = textwrap.dedent(
     c, g, s = make_source_data(300, list(range(0, 37)), seed=4)
     src = ArraySource(c, g, s, lengths=ref.lengths, path="mem")
     build_corpus(src, sys.argv[1], ref, label="tissue", min_nonzero=20, block_size=10,
-                 progress=False)
+                 progress=False, stats=sys.argv[2] if len(sys.argv) > 2 else None)
     """
 )
 
 
-@pytest.mark.parametrize("phase", ["read", "standardize"])
+@pytest.mark.parametrize("phase", ["read", "standardize", "read with given stats"])
 def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
     script = tmp_path / "build.py"
     script.write_text(_SCRIPT.format(repo=REPO, tests=str(Path(__file__).parent)))
     run = [sys.executable, str(script)]
     subprocess.run(run + [str(tmp_path / "whole")], check=True, timeout=60)
+    extra = []
+    if phase.endswith("given stats"):  # z written while reading (no phase 2 to speak of)
+        phase, extra = "read", [str(tmp_path / "whole")]
+        subprocess.run(run + [str(tmp_path / "whole2")] + extra, check=True, timeout=60)
     out = tmp_path / "killed"
     env = dict(os.environ, BULKFORMER_CORPUS_TEST_SLEEP="0.05")
-    proc = subprocess.Popen(run + [str(out)], env=env)
+    proc = subprocess.Popen(run + [str(out)] + extra, env=env)
     mf = tmp_path / "killed.partial" / "manifest.json"
     deadline = time.time() + 60
     try:
@@ -238,8 +289,8 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
     assert not out.exists() and (tmp_path / "killed.partial").exists()
     with pytest.raises(FileNotFoundError, match="unfinished build"):
         Corpus.open(out)
-    subprocess.run(run + [str(out)], check=True, timeout=60)  # same command: resumes
-    _same_files(tmp_path / "whole", out)
+    subprocess.run(run + [str(out)] + extra, check=True, timeout=60)  # same command: resumes
+    _same_files(tmp_path / ("whole2" if extra else "whole"), out)
     assert json.loads((out / "manifest.json").read_text())["build"]["resumed"] == 1
 
 
@@ -253,6 +304,82 @@ def test_incompatible_partial_is_refused(tmp_path, reference):
         _sources(data), tmp_path / "c", reference, min_nonzero=0, overwrite=True, progress=False
     )
     assert len(c) == 84
+
+
+def _interrupted(tmp_path, reference, data, monkeypatch, *, durable, fail_at=40):
+    """Run a build that stops with an I/O-like error (not bad input) at the block of the first
+    source starting at row ``fail_at``, leaving its ``.partial`` behind as after a kill."""
+    import bulkformer.data.corpus as corpus_mod
+
+    read = ArraySource.read_block
+
+    def failing(self, rows, alignment, *, threads=None):
+        if self.path == "mem0" and rows[0] == fail_at:
+            raise OSError("simulated failure")
+        return read(self, rows, alignment, threads=threads)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(corpus_mod, "COMMIT_SECONDS", 0.0)  # commit after every block
+        mp.setattr(ArraySource, "read_block", failing)
+        with pytest.raises(OSError, match="simulated"):
+            build_corpus(
+                _sources(data),
+                tmp_path / "c",
+                reference,
+                min_nonzero=24,
+                block_size=8,
+                progress=False,
+                durable=durable,
+            )
+    mf = tmp_path / "c.partial" / "manifest.json"
+    m = json.loads(mf.read_text())
+    assert m["progress"]["blocks_done"] >= 1 and m["build"]["durable"] is durable
+    return mf, m
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypatch, durable):
+    """Without ``durable`` no data file is fsync'd, and an unfinished build from another boot
+    starts over (its unsynced data may be lost); with it, data is fsync'd before each commit
+    and the build resumes after a reboot. Either way the result equals an uninterrupted run."""
+    import bulkformer.data.corpus as corpus_mod
+
+    data = _two_sources()
+    whole = build_corpus(
+        _sources(data), tmp_path / "whole", reference, min_nonzero=24, block_size=8, progress=False
+    )
+    synced = []
+    monkeypatch.setattr(corpus_mod._NpyRows, "sync", lambda self: synced.append(self.path.name))
+    mf, m = _interrupted(tmp_path, reference, data, monkeypatch, durable=durable)
+    assert ("log1p.npy" in synced) is durable
+    m["build"]["boot_id"] = "another-boot"  # the machine restarted since
+    mf.write_text(json.dumps(m))
+    c = build_corpus(
+        _sources(data),
+        tmp_path / "c",
+        reference,
+        min_nonzero=24,
+        block_size=8,
+        progress=False,
+        durable=durable,
+    )
+    assert c.manifest["build"]["resumed"] == (1 if durable else 0)
+    assert c.manifest["build"]["durable"] is durable and "boot_id" not in c.manifest["build"]
+    assert ("expression.npy" in synced) is durable
+    _same_files(whole.path, c.path)
+
+
+def test_non_durable_build_resumes_on_the_same_boot(tmp_path, reference, monkeypatch):
+    data = _two_sources()
+    whole = build_corpus(
+        _sources(data), tmp_path / "whole", reference, min_nonzero=24, block_size=8, progress=False
+    )
+    _interrupted(tmp_path, reference, data, monkeypatch, durable=False)
+    c = build_corpus(
+        _sources(data), tmp_path / "c", reference, min_nonzero=24, block_size=8, progress=False
+    )
+    assert c.manifest["build"]["resumed"] == 1
+    _same_files(whole.path, c.path)
 
 
 # ---------------------------------------------------------------------------- bad input

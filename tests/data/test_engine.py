@@ -383,15 +383,71 @@ def test_block_moments_match_numpy_and_row_mask_equals_copy():
     r = np.random.default_rng(5)
     x = (r.normal(3, 2, (53, 97))).astype(np.float32)
     m = r.random(53) < 0.6
-    mean, m2 = _C.block_moments(x, m.astype(np.uint8))
+    mean, m2, bad = _C.block_moments(x, m.astype(np.uint8))
+    assert bad == -1
     sub = x[m].astype(np.float64)
     np.testing.assert_allclose(mean, sub.mean(0), rtol=1e-12)
     np.testing.assert_allclose(m2, ((sub - sub.mean(0)) ** 2).sum(0), rtol=1e-9)
-    copy_mean, copy_m2 = _C.block_moments(np.ascontiguousarray(x[m]))
+    copy_mean, copy_m2, _ = _C.block_moments(np.ascontiguousarray(x[m]))
     np.testing.assert_array_equal(mean, copy_mean)  # bit-identical: merges of shards rely on it
     np.testing.assert_array_equal(m2, copy_m2)
-    z_mean, z_m2 = _C.block_moments(x, np.zeros(53, np.uint8))
+    z_mean, z_m2, _ = _C.block_moments(x, np.zeros(53, np.uint8))
     assert not z_mean.any() and not z_m2.any()
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_block_moments_report_first_nonfinite_row_selected_or_not(bad_value):
+    r = np.random.default_rng(6)
+    x = r.normal(0, 1, (41, 1031)).astype(np.float32)
+    rows = (r.random(41) < 0.5).astype(np.uint8)
+    rows[17] = 0  # a row outside the selection is checked too
+    x[17, 1030] = bad_value  # last column: the vector loop's scalar tail
+    x[30, 3] = bad_value
+    assert _C.block_moments(x, rows)[2] == 17
+    assert _C.block_moments(x, np.zeros(41, np.uint8))[2] == 17
+    x[17, 1030] = np.finfo(np.float32).max  # finite extremes are fine
+    x[30, 3] = np.finfo(np.float32).tiny / 4  # subnormal
+    assert _C.block_moments(x, rows)[2] == -1
+
+
+def _z_numpy(v, shift, scale, src):
+    z = (v - shift[src]) * scale[src]
+    return np.clip(z, -65504, 65504).astype(np.float16)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_standardize_f16_bit_identical_to_numpy(threads):
+    r = np.random.default_rng(7)
+    n, g, s = 37, 1029, 3  # odd sizes: scalar tails of the vector loops
+    v = (r.gamma(1.0, 3.0, (n, g)) * (r.random((n, g)) < 0.8)).astype(np.float32)
+    v[0, :6] = [0.0, 1e-8, 7e4, 6.5519e4, 65520.0, 3.4e38]  # rounding / clipping edges
+    shift = r.normal(2, 1, (s, g)).astype(np.float32)
+    scale = (1 / r.uniform(0.01, 3, (s, g))).astype(np.float32)
+    scale[1, ::7] = 0.0  # missing genes of source 1: ±0 like numpy
+    shift[0, :6] = 0.0
+    scale[0, :6] = 1.0
+    src = r.integers(0, s, n)
+    out = np.empty((n, g), np.float16)
+    _C.standardize_f16(v, shift, scale, out, src, threads=threads)
+    want = _z_numpy(v, shift, scale, src)
+    np.testing.assert_array_equal(out.view(np.uint16), want.view(np.uint16))
+    one = np.empty((n, g), np.float16)  # a single source needs no index
+    _C.standardize_f16(v, shift[:1], scale[:1], one, threads=threads)
+    np.testing.assert_array_equal(one.view(np.uint16), _z_numpy(v, shift, scale, 0).view(np.uint16))
+
+
+def test_standardize_f16_rejects_bad_arguments():
+    v = np.zeros((4, 5), np.float32)
+    sh = np.zeros((2, 5), np.float32)
+    out = np.empty((4, 5), np.float16)
+    with pytest.raises(ValueError, match="src is required"):
+        _C.standardize_f16(v, sh, sh, out)
+    with pytest.raises(ValueError, match="out of range"):
+        _C.standardize_f16(v, sh, sh, out, np.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="float16"):
+        _C.standardize_f16(v, sh, sh, np.empty((4, 5), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match="shape"):
+        _C.standardize_f16(v, sh, sh, np.empty((4, 6), np.float16), np.zeros(4, np.int64))
 
 
 _SIMD_SCRIPT = r"""
