@@ -16,11 +16,13 @@ A corpus is one directory (format: ``docs/corpus_format.md``), readable with num
 ``splits.npz``      ``train``, ``val``, ``test``: int64 row indices into expression.npy
 
 Building (:func:`build_corpus`) inflates every source once: phase 1 reads row blocks of
-``log1p(TPM)`` into a temporary float32 file while accumulating per-gene statistics over the
-training rows that pass QC; phase 2 standardizes that file into float16 z-scores. The build
-runs in ``OUT.partial`` and is renamed to ``OUT`` at the end; after a kill, rerunning the same
-call resumes from the last committed block and gives byte-identical files (the manifest's
-``build`` section, which holds timings, aside).
+``log1p(TPM)`` into float32 rows while accumulating per-gene statistics over the training rows
+that pass QC; phase 2 standardizes them into float16 z-scores, in place (the float32 rows sit
+in ``expression.npy`` itself, behind room for one block, and are overwritten as the conversion
+advances; see :func:`_standardize`). With given statistics, z is written while reading and
+phase 2 only drops the rows QC excluded. The build runs in ``OUT.partial`` and is renamed to
+``OUT`` at the end; after a kill, rerunning the same call resumes from the last committed block
+and gives byte-identical files (the manifest's ``build`` section, which holds timings, aside).
 
 Shards (``shard=(i, n)``) each run phase 1 over a contiguous range of blocks and keep the raw
 float32 ``log1p.npy``; :func:`merge_parts` re-folds the training statistics block by block in
@@ -118,8 +120,15 @@ class _NpyRows:
     """Row-block I/O on an ``.npy`` file with ``pread``/``pwrite`` (no mmap, so the resident
     memory of a build stays one block whatever the file size)."""
 
-    def __init__(self, path: Path, shape=None, dtype=None, *, create: bool = False):
+    def __init__(
+        self, path: Path, shape=None, dtype=None, *, create: bool = False, offset: int | None = None
+    ):
         self.path = Path(path)
+        if offset is not None:  # a raw row region at ``offset`` of an existing file, no header
+            self.shape, self.dtype, self.offset = tuple(shape), np.dtype(dtype), int(offset)
+            self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            self.fd = os.open(self.path, os.O_RDWR)
+            return
         if create:
             dtype = np.dtype(dtype)
             header = {
@@ -834,6 +843,7 @@ class _Writer:
         # with given statistics a whole corpus (not a shard, whose log1p rows a merge needs) is
         # standardized as it is read: z goes straight to expression.npy, no float32 detour
         self.direct = stats is not None and not sharded
+        self._gap = int(plan.key["parameters"]["block_size"])
         self.plan = plan
         self.manifest = manifest
         self.given_stats = stats
@@ -882,8 +892,14 @@ class _Writer:
 
         plan, prog = self.plan, self.prog
         b0, b1 = plan.shard_blocks
-        if not self.direct:
+        if self.sharded:  # a merge needs the part's float32 rows
             self.log1p = self._npy("log1p.npy", (self.n_in, self.G), np.float32)
+        elif not self.direct:
+            p = self.dir / "expression.npy"
+            self.expr, self.log1p = _inplace_layout(
+                p, self.n_in, self.G, self._gap, create=not p.exists()
+            )
+            self.files += [self.expr, self.log1p]
         elif prog.phase == 1:  # rows are counted at the end (QC), then the file is shrunk
             self.expr = self._npy("expression.npy", (self.n_in, self.G), np.float16)
             shift, scale = _z_params(self.given_stats, _missing(plan))
@@ -935,7 +951,8 @@ class _Writer:
                 vals = blk.values if passed.all() else blk.values[passed]
                 if self.direct:
                     z = z_buf[: len(vals)]
-                    _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z)
+                    # one thread: the source's reader threads are busy with the next block
+                    _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z, threads=1)
                     self.expr.write(prog.rows_written, z)
                 else:
                     self.log1p.write(prog.rows_written, vals)
@@ -1045,8 +1062,8 @@ class _Writer:
             return
         src_index = pd.read_csv(self.dir / "samples.tsv", sep="\t", usecols=["source_index"])
         _standardize(
-            self.dir,
             [(self.log1p, n)],
+            self.expr,
             src_index["source_index"].to_numpy(),
             CorpusStats.load(self.dir / "stats.npz"),
             _missing(self.plan),
@@ -1054,8 +1071,11 @@ class _Writer:
             self.plan.key["parameters"]["block_size"],
             lambda: self._commit("standardize", n),
             self.show,
-            self.files,
+            gap=self._gap,
         )
+        _set_npy_rows(self.dir / "expression.npy", n)  # after the commit of the last row
+        if self.durable:
+            self.expr.sync()
 
     def finish_corpus(self) -> None:
         self.manifest["progress"] = {"phase": "done"}
@@ -1122,7 +1142,8 @@ def _z_params(stats: CorpusStats, missing: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _set_npy_rows(path: Path, n: int) -> None:
     """Shrink the row count of an ``.npy`` file in place: its header is rewritten to the same
-    length (padding absorbs the shorter number) and the file truncated. Idempotent."""
+    length (padding absorbs the shorter number) and the file cut after row ``n`` (also when the
+    count is unchanged: anything behind the rows goes). Idempotent."""
     with open(path, "r+b") as f:
         version = np.lib.format.read_magic(f)
         read = (
@@ -1132,7 +1153,9 @@ def _set_npy_rows(path: Path, n: int) -> None:
         )
         shape, fortran, dtype = read(f)
         offset = f.tell()
+        size = offset + n * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         if shape[0] == n:
+            f.truncate(size)  # an in-place build leaves float32 rows behind the float16 ones
             return
         if n > shape[0]:
             raise ValueError(f"{path}: cannot grow {shape[0]} rows to {n}")
@@ -1160,24 +1183,29 @@ def _set_npy_rows(path: Path, n: int) -> None:
             header = magic + len(body).to_bytes(size, "little") + body
         f.seek(0)
         f.write(header)
-        f.truncate(offset + n * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+        f.truncate(size)
 
 
-def _standardize(d, segments, source_index, stats, missing, prog, block_size, commit, show, files):
-    """Phase 2: float32 log1p rows (concatenated ``segments``) → float16 z in expression.npy.
+def _standardize(
+    segments, expr, source_index, stats, missing, prog, block_size, commit, show, *, gap=None
+):
+    """Phase 2: float32 log1p rows (concatenated ``segments``) → float16 z rows of ``expr``.
 
     z = (v − μ)·(1/σ) in float32 (0 where σ = 0 or the gene is missing from the row's source),
     clipped to the float16 range, by the C++ kernel (bit-identical to that numpy expression).
     The next block is read while this one is converted and written; ``commit`` runs at most
     every COMMIT_SECONDS and after the last block.
+
+    ``gap`` (rows): the float32 rows live in the same file as ``expr``, starting ``gap``
+    float16 rows after its first row (:func:`_inplace_layout`), and are overwritten as the
+    conversion advances. Writing rows below r + n overwrites float32 rows below (r + n − gap)/2,
+    so a block is only converted once every float32 row it may overwrite is committed as done:
+    after a kill, the rows still to convert are intact.
     """
     from .. import _C
 
     G = len(stats.mean)
     N = int(sum(n for _, n in segments))
-    p = d / "expression.npy"
-    expr = _NpyRows(p) if p.exists() else _NpyRows(p, (N, G), np.float16, create=True)
-    files.append(expr)
     shift, scale = _z_params(stats, missing)
     source_index = np.ascontiguousarray(source_index, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum([n for _, n in segments])]).astype(np.int64)
@@ -1193,6 +1221,7 @@ def _standardize(d, segments, source_index, stats, missing, prog, block_size, co
 
     z_buf = np.empty((min(block_size, max(N, 1)), G), dtype=np.float16)
     last_commit = time.monotonic()
+    committed = prog.rows_done
     with ThreadPoolExecutor(1) as pool:  # read block k+1 while block k is converted
         fut = pool.submit(read, prog.rows_done) if prog.rows_done < N else None
         while prog.rows_done < N:
@@ -1200,6 +1229,9 @@ def _standardize(d, segments, source_index, stats, missing, prog, block_size, co
             v = fut.result()
             n = len(v)
             fut = pool.submit(read, r + n) if r + n < N else None
+            if gap is not None and r + n > gap + 2 * committed:
+                commit()  # rows < r are done: the writes below r + n ≤ gap + 2r are safe
+                committed, last_commit = r, time.monotonic()
             z = z_buf[:n]
             _C.standardize_f16(v, shift, scale, z, source_index[r : r + n])
             expr.write(r, z)
@@ -1208,12 +1240,27 @@ def _standardize(d, segments, source_index, stats, missing, prog, block_size, co
             now = time.monotonic()
             if now - last_commit >= COMMIT_SECONDS or prog.rows_done == N:
                 commit()
-                last_commit = now
+                committed, last_commit = prog.rows_done, now
             if bar is not None:
                 bar.update(n)
             _sleep_hook()
     if bar is not None:
         bar.close()
+
+
+def _inplace_layout(path: Path, n_rows: int, G: int, gap: int, *, create: bool):
+    """The single file of a whole build: an ``.npy`` header for (n_rows, G) float16, then
+    ``gap`` float16 rows of room, then the float32 log1p rows of phase 1. Phase 2 writes the
+    float16 rows from the header on, over pages phase 1 already filled (no second file, no
+    fresh memory for it), and finally the file is cut to the float16 rows
+    (:func:`_set_npy_rows`). Returns (float16 rows, float32 rows)."""
+    if create:
+        expr = _NpyRows(path, (n_rows, G), np.float16, create=True)
+        os.ftruncate(expr.fd, expr.offset + 2 * G * gap + 4 * G * n_rows)
+    else:
+        expr = _NpyRows(path)
+    log1p = _NpyRows(path, (n_rows, G), np.float32, offset=expr.offset + 2 * G * gap)
+    return expr, log1p
 
 
 # ====================================================================== merge
@@ -1315,9 +1362,12 @@ def merge_parts(
             manifest["progress"] = {"phase": "standardize", "rows_done": prog.rows_done, "total": N}
             _write_atomic(partial / "manifest.json", _json_bytes(manifest))
 
+        p = partial / "expression.npy"
+        expr = _NpyRows(p) if p.exists() else _NpyRows(p, (N, G), np.float16, create=True)
+        files.append(expr)
         _standardize(
-            partial,
             segs,
+            expr,
             src_index["source_index"].to_numpy(),
             st,
             missing,
@@ -1325,7 +1375,6 @@ def merge_parts(
             int(params["block_size"]),
             commit,
             progress,
-            files,
         )
         for f in files:
             f.close()

@@ -191,6 +191,8 @@ def test_set_npy_rows_shrinks_in_place(tmp_path, n_in, n):
     p = tmp_path / "x.npy"
     np.save(p, a)
     offset = p.stat().st_size - a.nbytes
+    with open(p, "ab") as f:
+        f.write(b"\0" * 1000)  # what an in-place build leaves behind the rows
     _set_npy_rows(p, n)
     _set_npy_rows(p, n)  # idempotent
     b = np.load(p)
@@ -351,7 +353,7 @@ def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypa
     synced = []
     monkeypatch.setattr(corpus_mod._NpyRows, "sync", lambda self: synced.append(self.path.name))
     mf, m = _interrupted(tmp_path, reference, data, monkeypatch, durable=durable)
-    assert ("log1p.npy" in synced) is durable
+    assert ("expression.npy" in synced) is durable  # phase 1's float32 rows live there
     m["build"]["boot_id"] = "another-boot"  # the machine restarted since
     mf.write_text(json.dumps(m))
     c = build_corpus(
@@ -366,6 +368,42 @@ def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypa
     assert c.manifest["build"]["resumed"] == (1 if durable else 0)
     assert c.manifest["build"]["durable"] is durable and "boot_id" not in c.manifest["build"]
     assert ("expression.npy" in synced) is durable
+    assert sorted(p.name for p in c.path.iterdir()) == sorted(FILES + ["manifest.json"])
+    _same_files(whole.path, c.path)
+
+
+@pytest.mark.parametrize("kill_after", [1, 2, 3, 6])
+def test_inplace_standardize_resumes_after_a_kill_at_any_block(
+    tmp_path, reference, monkeypatch, kill_after
+):
+    """Phase 2 overwrites the float32 rows it converts; with no timed commits at all, the
+    rows a kill leaves to convert must still be intact (the build commits before overwriting
+    any row that is not committed as done)."""
+    import bulkformer.data.corpus as corpus_mod
+
+    data = _two_sources()
+    kw = dict(min_nonzero=24, block_size=8, progress=False)
+    whole = build_corpus(_sources(data), tmp_path / "whole", reference, **kw)
+    orig = corpus_mod._standardize
+    with monkeypatch.context() as mp:
+        mp.setattr(corpus_mod, "COMMIT_SECONDS", 1e9)  # only the commits the layout needs
+
+        def killed_at_block(*a, **k):
+            n = [0]
+
+            def hook():
+                n[0] += 1
+                if n[0] == kill_after:
+                    raise OSError("simulated kill")
+
+            mp.setattr(corpus_mod, "_sleep_hook", hook)
+            return orig(*a, **k)
+
+        mp.setattr(corpus_mod, "_standardize", killed_at_block)
+        with pytest.raises(OSError, match="simulated kill"):
+            build_corpus(_sources(data), tmp_path / "c", reference, **kw)
+    c = build_corpus(_sources(data), tmp_path / "c", reference, **kw)
+    assert c.manifest["build"]["resumed"] == 1
     _same_files(whole.path, c.path)
 
 
