@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -172,6 +173,11 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   std::vector<LocalStats> stats(threads);
   if (spec.stats)
     for (auto& st : stats) st.reset(spec.n_out);
+  std::vector<GroupAcc> groups(threads);
+  // BULKFORMER_GENE_MAJOR=0 forces the transposing path (tests compare the two bit for bit)
+  const char* gm_env = std::getenv("BULKFORMER_GENE_MAJOR");
+  const bool gene_major = !m.transposed && spec.mode != Mode::kCounts &&
+                          !(gm_env && std::strcmp(gm_env, "0") == 0);
   parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
     const Task& t = tasks[ti];
     const int64_t g = static_cast<int64_t>(t.rows.size());
@@ -181,7 +187,26 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     if (values) scr[wid].resize(static_cast<size_t>(g * row_len));
     for (int64_t k = 0; k < g; ++k)
       begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
-    for (int64_t r = 0; r < m.grid_rows; ++r) {
+    // Gene-major chunks whose requested samples are one contiguous run (the usual case: whole
+    // chunk columns): accumulate straight from the chunk's gene rows, across samples.
+    bool run = gene_major && g > 0;
+    for (int64_t k = 1; run && k < g; ++k) run = local[k] == local[0] + k;
+    if (run) {
+      GroupAcc& ga = groups[wid];
+      ga.reset(g);
+      for (int64_t r = 0; r < m.grid_rows; ++r) {
+        const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
+        const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
+        if (!data) {
+          for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
+          continue;
+        }
+        accumulate_rows(plan, ga, g0, g1, data + local[0], m.chunk_samples,
+                        values ? scr[wid].data() : nullptr, row_len);
+      }
+      flush_group(ga, accs.data());
+    }
+    for (int64_t r = 0; !run && r < m.grid_rows; ++r) {
       const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
       const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
       if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
@@ -217,7 +242,7 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
       finish_sample(plan, accs[k], row, use ? &stats[wid] : nullptr,
                     values ? rowbuf[wid].data() : nullptr);
     }
-  });
+  }, /*deterministic=*/spec.stats != nullptr);  // statistics: same bits on every run
   if (spec.stats)
     for (auto& st : stats) st.merge_into(spec.stats, spec.n_out);
 }

@@ -269,6 +269,126 @@ void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, co
   acc.total += total;
 }
 
+void GroupAcc::reset(int64_t k) {
+  K = k;
+  d.assign(static_cast<size_t>(4 * k), 0.0);
+  nnz.assign(static_cast<size_t>(k), 0);
+  tot.assign(static_cast<size_t>(k), 0);
+}
+
+// One gene row across the group: nnz/tot always, the denominator lane `dl` when values are on.
+template <bool kValues>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+static void gene_row_generic(const uint32_t* __restrict R, int64_t K, float f,
+                             double* __restrict dl, int32_t* __restrict nnz,
+                             uint64_t* __restrict tot) {
+  for (int64_t k = 0; k < K; ++k) {
+    const uint32_t c = R[k];
+    nnz[k] += (c != 0);
+    tot[k] += c;
+    if (kValues) dl[k] += static_cast<double>(static_cast<float>(c) * f);
+  }
+}
+
+#ifdef BULKFORMER_X86
+// AVX2 version, 8 samples per step; the float of a count is formed exactly as in
+// pass1_u32_avx2 (one rounding, as a direct conversion).
+template <bool kValues>
+__attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int64_t K, float f,
+                                                         double* dl, int32_t* nnz,
+                                                         uint64_t* tot) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi32(-1);
+  const __m256i mask16 = _mm256_set1_epi32(0xffff);
+  const __m256 k65536 = _mm256_set1_ps(65536.0f);
+  const __m256 fv = _mm256_set1_ps(f);
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(R + k));
+    __m256i nz = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nnz + k));
+    nz = _mm256_sub_epi32(nz, _mm256_xor_si256(_mm256_cmpeq_epi32(c, zero), ones));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(nnz + k), nz);
+    __m256i t0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + k));
+    __m256i t1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + k + 4));
+    t0 = _mm256_add_epi64(t0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(c)));
+    t1 = _mm256_add_epi64(t1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(c, 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k), t0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k + 4), t1);
+    if (kValues) {
+      const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+      const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
+      const __m256 r = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lo), fv);
+      const __m256d d0 = _mm256_add_pd(_mm256_loadu_pd(dl + k),
+                                       _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+      const __m256d d1 = _mm256_add_pd(_mm256_loadu_pd(dl + k + 4),
+                                       _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+      _mm256_storeu_pd(dl + k, d0);
+      _mm256_storeu_pd(dl + k + 4, d1);
+    }
+  }
+  for (; k < K; ++k) {
+    const uint32_t c = R[k];
+    nnz[k] += (c != 0);
+    tot[k] += c;
+    if (kValues) dl[k] += static_cast<double>(static_cast<float>(c) * f);
+  }
+}
+#endif
+
+template <bool kValues>
+static void gene_row(const uint32_t* R, int64_t K, float f, double* dl, int32_t* nnz,
+                     uint64_t* tot) {
+#ifdef BULKFORMER_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
+  if (avx2) return gene_row_avx2<kValues>(R, K, f, dl, nnz, tot);
+#endif
+  gene_row_generic<kValues>(R, K, f, dl, nnz, tot);
+}
+
+void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
+                     const uint32_t* rows, int64_t row_stride, float* vals0,
+                     int64_t vals_stride) {
+  const int64_t K = ga.K;
+  const float* inv = plan.inv_len_f.data();
+  int32_t* nnz = ga.nnz.data();
+  uint64_t* tot = ga.tot.data();
+  if (!vals0) {  // QC only
+    for (int64_t g = g0; g < g1; ++g)
+      gene_row<false>(rows + (g - g0) * row_stride, K, 0.0f, nullptr, nnz, tot);
+    return;
+  }
+  for (int64_t g = g0; g < g1; ++g)
+    gene_row<true>(rows + (g - g0) * row_stride, K, inv[g], ga.d.data() + (g & 3) * K, nnz, tot);
+  // C/L of the mapped genes into each sample's row of vals (mapped order, as accumulate())
+  const int64_t* mg = plan.mapped_gene.data();
+  const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
+  const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
+  const int64_t m0 = lo - mg, nm = hi - lo;
+  constexpr int64_t kTile = 64;  // samples per tile: their vals lines stay in L1 across genes
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t k1 = std::min(K, k0 + kTile);
+    for (int64_t i = 0; i < nm; ++i) {
+      const int64_t gg = lo[i];
+      const uint32_t* R = rows + (gg - g0) * row_stride;
+      const float f = inv[gg];
+      float* v = vals0 + m0 + i;
+      for (int64_t k = k0; k < k1; ++k) v[k * vals_stride] = static_cast<float>(R[k]) * f;
+    }
+  }
+}
+
+void flush_group(const GroupAcc& ga, SampleAcc* accs) {
+  const int64_t K = ga.K;
+  for (int64_t k = 0; k < K; ++k) {
+    SampleAcc& a = accs[k];
+    for (int j = 0; j < 4; ++j) a.denom4[j] += ga.d[j * K + k];
+    a.nonzero += ga.nnz[k];
+    a.total += static_cast<double>(ga.tot[k]);
+  }
+}
+
 void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,
                    float* rowbuf) {
   const NormSpec& s = plan.spec;
@@ -335,7 +455,7 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
       finish_sample(plan, acc, r, use ? &stats[wid] : nullptr,
                     values ? rowbuf[wid].data() : nullptr);
     }
-  });
+  }, /*deterministic=*/spec.stats != nullptr);
   if (spec.stats)
     for (auto& st : stats) st.merge_into(spec.stats, spec.n_out);
 }

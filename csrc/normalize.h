@@ -81,6 +81,28 @@ template <typename T>
 void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, const T* src,
                 int64_t stride);
 
+// Gene-major accumulation for a group of K samples whose counts are contiguous in every gene
+// row of a chunk (wide, genes x samples chunks): no transposition. Per-sample partial sums are
+// kept in arrays indexed by sample, so the loops run (SIMD) across samples; every sample still
+// receives its genes in gene order, lane g % 4 of the denominator as in accumulate(): the
+// results are bit-identical to the sample-major path.
+struct GroupAcc {
+  int64_t K = 0;
+  std::vector<double> d;      // [4][K] TPM denominator lanes
+  std::vector<int32_t> nnz;   // [K] non-zero genes
+  std::vector<uint64_t> tot;  // [K] total counts
+  void reset(int64_t k);
+};
+
+// Genes [g0, g1) of the group: gene g's counts at rows + (g - g0) * row_stride, sample k at
+// offset k. Values modes store C/L of the mapped genes at vals0 + k * vals_stride + (mapped
+// index) (vals0 = null for QC only).
+void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
+                     const uint32_t* rows, int64_t row_stride, float* vals0, int64_t vals_stride);
+
+// Moves the group's sums into accs[0..K) (begun with begin_sample, nothing accumulated yet).
+void flush_group(const GroupAcc& ga, SampleAcc* accs);
+
 // Writes row `row` of out (and QC, stats) from the finished accumulator; `rowbuf` is a
 // per-thread buffer of n_out floats (values modes).
 void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,

@@ -465,6 +465,77 @@ np.savez(sys.argv[1], out=out, nz=nz, tot=tot)
 """
 
 
+_PATHS_SCRIPT = r"""
+import sys, numpy as np, h5py
+from bulkformer.data import engine
+path, out = sys.argv[1], sys.argv[2]
+r = np.random.default_rng(3)
+G, S = 3001, 130
+lengths = r.uniform(200, 9000, G)
+lengths[::17] = np.nan
+gm = np.full(G, -1, np.int64)
+gm[r.choice(G, 1000, replace=False)] = np.arange(1000)
+gm[5] = gm[6]  # a duplicate: summed
+res = {}
+with h5py.File(path) as f:
+    ds = f["x"]
+    for name, rows in (("all", np.arange(S)), ("run", np.arange(37, 101)),
+                       ("scattered", r.permutation(S)[:50])):
+        st = np.zeros((3, 1000))
+        o, nz, tot = engine.read_matrix(ds, rows, mode="log1p_tpm", gene_map=gm,
+                                        lengths=lengths, n_out=1000, stats=st,
+                                        stats_rows=(rows % 3 != 0), engine="cpp")
+        z, _, _ = engine.read_matrix(ds, rows, mode="z", gene_map=gm, lengths=lengths,
+                                     n_out=1000, mean=st[1], std=np.sqrt(st[2] / st[0]),
+                                     dtype=np.float16, engine="cpp")
+        q = engine.read_matrix(ds, rows, mode="log1p_tpm", gene_map=gm, lengths=lengths,
+                               n_out=1000, out=False, engine="cpp")
+        res.update({f"{name}_out": o, f"{name}_nz": nz, f"{name}_tot": tot, f"{name}_st": st,
+                    f"{name}_z": z, f"{name}_qnz": q[1], f"{name}_qtot": q[2]})
+np.savez(out, **res)
+"""
+
+
+def test_gene_major_and_transposing_paths_are_bit_identical(tmp_path):
+    """Wide chunks are accumulated gene-major (across samples, no transposition) when the
+    requested samples of a chunk column form one run; BULKFORMER_GENE_MAJOR=0 forces the
+    transposing path, BULKFORMER_SIMD=0 the portable loops. All must agree bit for bit (QC,
+    values, z, statistics), on counts whose float conversion and TPM sums round."""
+    import os
+    import subprocess
+    import sys
+
+    import bulkformer
+
+    r = np.random.default_rng(2)
+    c = (r.negative_binomial(1, 0.0005, (3001, 130)) * (r.random((3001, 130)) < 0.7)).astype(
+        np.uint32
+    )
+    c[:7, :5] = [[4_294_967_295], [16_777_217], [16_777_219], [2**31 + 1], [3], [0], [99]]
+    h5 = tmp_path / "wide.h5"
+    _write(h5, c, chunks=(512, 64), compression="gzip", shuffle=True)  # partial edge chunks
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bulkformer.__file__)))
+    runs = {}
+    for name, extra in (
+        ("gene-major", {}),
+        ("transposing", {"BULKFORMER_GENE_MAJOR": "0"}),
+        ("portable", {"BULKFORMER_SIMD": "0"}),
+    ):
+        f = tmp_path / f"{name}.npz"
+        env = dict(os.environ, PYTHONPATH=root, **extra)
+        subprocess.run(
+            [sys.executable, "-c", _PATHS_SCRIPT, str(h5), str(f)],
+            check=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        runs[name] = np.load(f)
+    ref = runs["transposing"]
+    for name in ("gene-major", "portable"):
+        for key in ref.files:
+            np.testing.assert_array_equal(runs[name][key], ref[key], err_msg=f"{name} {key}")
+
+
 def test_simd_and_portable_loops_are_bit_identical(tmp_path):
     import os
     import subprocess
