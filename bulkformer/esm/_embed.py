@@ -257,7 +257,7 @@ def esm2_representation(model, tokens, layer: int, *, attention: str = "sdpa"):
 #: attention, longer ones SDPA's fused kernel; both are exact, the crossover is speed only
 #: (head width 16 on a 2-core CPU: the (H, L, L) scores of a short protein stay in cache,
 #: a long one's do not).
-PACKED_MATH_BELOW = 384
+PACKED_MATH_BELOW = 512
 
 
 class PackedESM2:
@@ -360,15 +360,24 @@ def esm2_packed(model, tokens, layer: int, *, packed: PackedESM2 | None = None):
             else:
                 y = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], scale=1.0)[0]
             o[a:e].view(e - a, nh, hd).copy_(y.transpose(0, 1))
-        x = x + F.linear(o, att.out_proj.weight, att.out_proj.bias)
+        x = _add_linear(x, o, att.out_proj)
         ln = blk.final_layer_norm
         h = F.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
-        x = x + F.linear(
-            F.gelu(F.linear(h, blk.fc1.weight, blk.fc1.bias)), blk.fc2.weight, blk.fc2.bias
-        )
+        h = torch.ops.aten.gelu_(F.linear(h, blk.fc1.weight, blk.fc1.bias))  # exact (erf) GELU
+        x = _add_linear(x, h, blk.fc2)
     if layer == model.num_layers:
         x = model.emb_layer_norm_after(x)
     return x, keep
+
+
+def _add_linear(x, h, lin):
+    """``x + lin(h)``, accumulated into x in place (x is esm2_packed's own tensor) when the
+    dtypes agree, i.e. not under autocast."""
+    import torch.nn.functional as F
+
+    if h.dtype != x.dtype:
+        return x + F.linear(h, lin.weight, lin.bias)
+    return x.addmm_(h, lin.weight.t()).add_(lin.bias)
 
 
 def _sdpa_compatible(model) -> bool:
