@@ -13,7 +13,8 @@ How a protein of L residues becomes one vector (d = model width):
    representations; the protein's embedding is the mean over its L residues of those
    per-residue means. Pooling and accumulation are in float32.
 
-On CUDA the forward runs under autocast (bf16 where supported, else fp16); on CPU in fp32.
+On CUDA the forward runs under autocast (bf16 where supported, else fp16) on padded batches;
+on CPU in fp32 on the batch's real tokens only (:func:`esm2_packed`).
 """
 
 from __future__ import annotations
