@@ -106,8 +106,9 @@ def test_cpu_embedder_vs_naive(benchmark):
     model = esm.model.esm2.ESM2(num_layers=6, embed_dim=128, attention_heads=8, alphabet=alphabet)
     info = _compare(benchmark, model, alphabet, _proteins(), "cpu", toks_per_batch=4096)
     # Target 3×. On CPU the forward is compute-bound, so batching itself gains little; the gain
-    # is the SDPA path (no attention-weight tensors) and skipping the LM head. Recorded, and
-    # only "not slower" is enforced, as shared CI machines swing by several × between rounds.
+    # is the packed forward (no FLOPs on padding, fused QKV, one-op rotary, no attention-weight
+    # averaging, no LM head). See RESULTS.md for why 3× is beyond this CPU's FLOP roofline.
+    # Recorded, and only "not slower" is enforced, as shared machines swing by several ×.
     benchmark.extra_info["target_speedup"] = 3.0
     assert info["speedup"] >= 1.0, f"embedder slower than the naive loop: {info}"
 

@@ -18,6 +18,7 @@ from bulkformer.esm import (  # noqa: E402
     ProteinEmbedder,
     align_embedding_table,
     embed_genes,
+    esm2_packed,
     esm2_representation,
     load_esm2,
     load_esm_matrix,
@@ -167,6 +168,54 @@ def test_sdpa_forward_matches_esm_forward(tiny, layer):
         got = esm2_representation(model, toks, layer, attention="sdpa")
     assert got.shape == ref.shape == (3, toks.shape[1], 32)
     torch.testing.assert_close(got[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("math_below", [0, 12, 10_000])  # SDPA only, both, explicit only
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_packed_forward_matches_esm_forward(tiny, layer, math_below, monkeypatch):
+    from bulkformer.esm import _embed
+
+    monkeypatch.setattr(_embed, "PACKED_MATH_BELOW", math_below)
+    model, alphabet = tiny
+    # odd lengths, a 1-residue protein, much padding, rows shorter and longer than 12 tokens
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "M", "MEEPQSDPS", "ACDEFGHIKLMNPQRSTVWYXBZUO"]
+    _, _, toks = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(seqs)])
+    keep = toks.ne(alphabet.padding_idx)
+    with torch.no_grad():
+        ref = esm2_representation(model, toks, layer, attention="esm")
+        got, got_keep = esm2_packed(model, toks, layer)
+        full = esm2_representation(model, toks, layer, attention="packed")
+    assert torch.equal(got_keep, keep) and got.shape == (int(keep.sum()), 32)
+    torch.testing.assert_close(got, ref[keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full[keep], got, rtol=0, atol=0)
+    assert not full[~keep].any()  # padding rows are zero
+
+
+def test_packed_is_cpu_default_and_its_own_cache_key(tiny):
+    model, alphabet = tiny
+    packed = ProteinEmbedder(model, alphabet, device="cpu", progress=False)
+    sdpa = ProteinEmbedder(model, alphabet, attention="sdpa", device="cpu", progress=False)
+    assert packed.attention == "packed" and packed.config()["attention"] == "packed"
+    assert packed.config() != sdpa.config()
+    rng = np.random.default_rng(1)
+    seqs = [_seq(rng, n) for n in (3, 41, 17, 200, 1, 64)]
+    got, want = packed.embed(seqs), sdpa.embed(seqs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(got[i], _direct(model, alphabet, s), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="expected auto, packed, sdpa or esm"):
+        ProteinEmbedder(model, alphabet, attention="flash", device="cpu")
+
+
+def test_packed_under_bf16_autocast(tiny):
+    model, alphabet = tiny
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MEEPQSDPSV", "M"]
+    emb = ProteinEmbedder(model, alphabet, attention="packed", precision="bf16", device="cpu",
+                          progress=False)  # fmt: skip
+    got = emb.embed(seqs)
+    ref = np.stack([_direct(model, alphabet, s) for s in seqs])
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99, cos
 
 
 def test_esm_attention_path_pools_like_direct(tiny):

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from ._cache import EmbeddingCache
 from ._cli import add_parser
-from ._embed import ESM2_MODELS, ProteinEmbedder, esm2_representation, load_esm2, plan_windows
+from ._embed import (
+    ESM2_MODELS,
+    ProteinEmbedder,
+    esm2_packed,
+    esm2_representation,
+    load_esm2,
+    plan_windows,
+)
 from ._genes import embed_genes
 from ._matrix import align_embedding_table, load_esm_matrix, save_esm_matrix
 from ._proteins import (
@@ -38,6 +45,7 @@ __all__ = [
     "choose_proteins",
     "clean_sequence",
     "embed_genes",
+    "esm2_packed",
     "esm2_representation",
     "load_esm2",
     "load_esm_matrix",

@@ -13,7 +13,8 @@ How a protein of L residues becomes one vector (d = model width):
    representations; the protein's embedding is the mean over its L residues of those
    per-residue means. Pooling and accumulation are in float32.
 
-On CUDA the forward runs under autocast (bf16 where supported, else fp16); on CPU in fp32.
+On CUDA the forward runs under autocast (bf16 where supported, else fp16) on padded batches;
+on CPU in fp32 on the batch's real tokens only (:func:`esm2_packed`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._proteins import ESM_RESIDUES
 __all__ = [
     "ESM2_MODELS",
     "ProteinEmbedder",
+    "esm2_packed",
     "esm2_representation",
     "load_esm2",
     "model_fingerprint",
@@ -211,12 +213,18 @@ def esm2_representation(model, tokens, layer: int, *, attention: str = "sdpa"):
     reference). ``"sdpa"`` computes the same function with
     ``torch.nn.functional.scaled_dot_product_attention`` in (B, H, T, Dh) layout: no (B·H, T, T)
     attention-weight tensors are materialised or averaged, and layers above ``layer`` are not
-    run. Layer ``num_layers`` includes the final layer norm, as in fair-esm.
+    run. ``"packed"`` is :func:`esm2_packed` (no FLOPs on padding; rows of padding tokens are
+    zero). Layer ``num_layers`` includes the final layer norm, as in fair-esm.
     """
     if attention == "esm":
         return model(tokens, repr_layers=[layer])["representations"][layer]
+    if attention == "packed":
+        rep, keep = esm2_packed(model, tokens, layer)
+        out = rep.new_zeros((*tokens.shape, rep.shape[-1]))
+        out[keep] = rep
+        return out
     if attention != "sdpa":
-        raise ValueError(f"attention {attention!r}; expected 'sdpa' or 'esm'")
+        raise ValueError(f"attention {attention!r}; expected 'packed', 'sdpa' or 'esm'")
     import torch.nn.functional as F
     from esm.modules import gelu
 
@@ -244,6 +252,133 @@ def esm2_representation(model, tokens, layer: int, *, attention: str = "sdpa"):
     if layer == model.num_layers:
         x = model.emb_layer_norm_after(x)
     return x
+
+
+#: Packed path: sequences shorter than this many tokens use explicit (bmm, softmax, bmm)
+#: attention, longer ones SDPA's fused kernel; both are exact, the crossover is speed only
+#: (head width 16 on a 2-core CPU: the (H, L, L) scores of a short protein stay in cache,
+#: a long one's do not).
+PACKED_MATH_BELOW = 512
+
+
+class PackedESM2:
+    """ESM2 weights rearranged for :func:`esm2_packed` (a snapshot: later edits to the model's
+    weights are not seen).
+
+    Per layer, one (3d, d) QKV weight and (3d,) bias: q rows multiplied by the attention
+    scaling (1/sqrt(head_dim), a power of two for ESM2's head widths, so exact), and within
+    every q/k head the two rotary halves interleaved, ``(x1[0], x2[0], x1[1], x2[1], …)``, so
+    that the rotary embedding is one complex multiplication in place. q and k are permuted
+    alike, which leaves q·k unchanged; v is not rotated nor permuted.
+    """
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.model = model
+        self.qkv = []
+        with torch.no_grad():
+            for blk in model.layers:
+                att = blk.self_attn
+                nh, hd = att.num_heads, att.head_dim
+                half = torch.arange(hd // 2)
+                perm = torch.stack([half, half + hd // 2], 1).reshape(-1)  # within a head
+                rows = (
+                    (torch.arange(nh)[:, None] * hd + perm).reshape(-1).to(att.q_proj.weight.device)
+                )
+                w = torch.cat(
+                    [
+                        att.q_proj.weight[rows] * att.scaling,
+                        att.k_proj.weight[rows],
+                        att.v_proj.weight,
+                    ]
+                )
+                b = torch.cat(
+                    [att.q_proj.bias[rows] * att.scaling, att.k_proj.bias[rows], att.v_proj.bias]
+                )
+                self.qkv.append((w.contiguous(), b.contiguous()))
+        self.inv_freq = model.layers[0].self_attn.rot_emb.inv_freq.detach()
+
+    def rotary(self, positions):
+        """(N, 1, head_dim / 2) complex64 ``cos + i·sin`` for token positions (N,), computed as
+        fair-esm's ``RotaryEmbedding`` computes its tables."""
+        import torch
+
+        t = torch.arange(int(positions.max()) + 1, device=positions.device).type_as(self.inv_freq)
+        freqs = torch.einsum("i,j->ij", t, self.inv_freq)
+        return torch.complex(freqs.cos(), freqs.sin())[positions][:, None, :]
+
+
+def esm2_packed(model, tokens, layer: int, *, packed: PackedESM2 | None = None):
+    """ESM2 layer ``layer`` for the real (non-padding) tokens only: ``(rep (N, d), keep (B, T))``.
+
+    Same function as fair-esm's forward (see :func:`esm2_representation`), computed "varlen":
+    the N real tokens of all B sequences are gathered into one (N, d) matrix, so layer norms,
+    the fused QKV projection, out_proj and the FFN cost nothing for padding; attention runs
+    per sequence. ``rep`` is in row-major order of ``keep`` (``tokens != padding_idx``).
+    ``packed`` is ``PackedESM2(model)``, built here when not given.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if packed is None:
+        packed = PackedESM2(model)
+    keep = tokens.ne(model.padding_idx)  # (B, T)
+    lengths = keep.sum(1)
+    x = model.embed_scale * model.embed_tokens(tokens)  # (B, T, d), as ESM2.forward
+    if model.token_dropout:  # rescale for <mask> tokens (none in our input)
+        is_mask = tokens.eq(model.mask_idx)
+        x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+        observed = is_mask.sum(-1).to(x.dtype) / lengths
+        x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]
+    x = x[keep]  # (N, d); padding rows of ESM2.forward are zeroed and masked out anyway
+    n, d = x.shape
+    if layer == 0:
+        return x, keep
+    # position of every token inside its sequence (padding is at the end of each row)
+    pos = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)[keep]
+    rot = packed.rotary(pos)  # (N, 1, Dh/2)
+    bounds = [0, *torch.cumsum(lengths, 0).tolist()]
+    spans = [(a, e) for a, e in zip(bounds[:-1], bounds[1:]) if e > a]
+    for blk, (w, b) in zip(model.layers[:layer], packed.qkv):
+        att = blk.self_attn
+        nh, hd = att.num_heads, att.head_dim
+        ln = blk.self_attn_layer_norm
+        h = F.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
+        qkv = torch.addmm(b, h, w.t())  # (N, 3d): q (scaled), k, v
+        qk = qkv[:, : 2 * d].unflatten(1, (2 * nh, hd // 2, 2))
+        if qk.dtype == torch.float32:
+            torch.view_as_complex(qk).mul_(rot)  # rotary, in place
+        else:  # autocast: rotate in float32
+            r = torch.view_as_complex(qk.float().contiguous()) * rot
+            qk.copy_(torch.view_as_real(r))
+        q, k, v = qkv.view(n, 3, nh, hd).unbind(1)  # (N, H, Dh) each
+        o = qkv.new_empty((n, d))  # attention output, heads concatenated
+        for a, e in spans:
+            qs, ks, vs = (t[a:e].transpose(0, 1) for t in (q, k, v))  # (H, L, Dh)
+            if e - a < PACKED_MATH_BELOW:
+                y = torch.bmm(torch.softmax(torch.bmm(qs, ks.transpose(1, 2)), -1), vs)
+            else:
+                y = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], scale=1.0)[0]
+            o[a:e].view(e - a, nh, hd).copy_(y.transpose(0, 1))
+        x = _add_linear(x, o, att.out_proj)
+        ln = blk.final_layer_norm
+        h = F.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
+        h = torch.ops.aten.gelu_(F.linear(h, blk.fc1.weight, blk.fc1.bias))  # exact (erf) GELU
+        x = _add_linear(x, h, blk.fc2)
+    if layer == model.num_layers:
+        x = model.emb_layer_norm_after(x)
+    return x, keep
+
+
+def _add_linear(x, h, lin):
+    """``x + lin(h)``, accumulated into x in place (x is esm2_packed's own tensor) when the
+    dtypes agree, i.e. not under autocast."""
+    import torch.nn.functional as F
+
+    if h.dtype != x.dtype:
+        return x + F.linear(h, lin.weight, lin.bias)
+    return x.addmm_(h, lin.weight.t()).add_(lin.bias)
 
 
 def _sdpa_compatible(model) -> bool:
@@ -278,8 +413,11 @@ class ProteinEmbedder:
     window, stride
         Long-protein windowing in residues (``window`` ≤ 1,022 for real ESM2 checkpoints).
     attention
-        ``"sdpa"`` (default; fused attention, see :func:`esm2_representation`) or ``"esm"``
-        (fair-esm's forward, the reference).
+        ``"auto"`` (default: ``"packed"`` on CPU, ``"sdpa"`` on CUDA), ``"packed"`` (padding-free
+        forward, see :func:`esm2_packed`), ``"sdpa"`` (padded batch, fused attention, see
+        :func:`esm2_representation`) or ``"esm"`` (fair-esm's forward, the reference). All
+        compute the same function; ``config()`` records the one used, so cached embeddings of
+        different paths (equal up to float rounding) are not mixed.
     progress
         Show a tqdm bar (residues/s, proteins/s) on a terminal.
     """
@@ -295,7 +433,7 @@ class ProteinEmbedder:
         precision: str = "auto",
         window: int = 1022,
         stride: int = 511,
-        attention: str = "sdpa",
+        attention: str = "auto",
         progress: bool = True,
     ) -> None:
         import torch
@@ -329,16 +467,19 @@ class ProteinEmbedder:
         if precision not in dtypes:
             raise ValueError(f"precision {precision!r}; expected auto, fp32, fp16 or bf16")
         self.precision = precision
-        if attention not in ("sdpa", "esm"):
-            raise ValueError(f"attention {attention!r}; expected 'sdpa' or 'esm'")
-        if attention == "sdpa" and not _sdpa_compatible(model):
-            logger.info("model layers do not fit the SDPA path; using fair-esm's forward")
+        if attention not in ("auto", "packed", "sdpa", "esm"):
+            raise ValueError(f"attention {attention!r}; expected auto, packed, sdpa or esm")
+        if attention == "auto":
+            attention = "packed" if self.device.type == "cpu" else "sdpa"
+        if attention in ("packed", "sdpa") and not _sdpa_compatible(model):
+            logger.info("model layers do not fit the %s path; using fair-esm's forward", attention)
             attention = "esm"
         self.attention = attention
         self._amp_dtype = dtypes[precision]
         self.progress = progress
         self.fingerprint = model_fingerprint(model)
         self.model = model.eval().to(self.device)
+        self._packed = PackedESM2(self.model) if attention == "packed" else None
         self.dim = int(model.embed_dim)
         a = self.alphabet
         self._bos = a.cls_idx if a.prepend_bos else None
@@ -451,12 +592,18 @@ class ProteinEmbedder:
                     u, a, e = chunks[c]
                     w[b, off : off + e - a] = 1.0 / self._coverage(len(uniq[u]))[a:e]
                 with torch.inference_mode(), amp:
-                    rep = esm2_representation(
-                        self.model, toks.to(self.device), self.layer, attention=self.attention
-                    ).float()  # (B, T, d)
-                    pooled = torch.einsum(
-                        "bt,btd->bd", torch.from_numpy(w).to(self.device), rep
-                    )  # (B, d)
+                    toks = toks.to(self.device)
+                    wt = torch.from_numpy(w).to(self.device)
+                    if self._packed is not None:
+                        rep, keep = esm2_packed(self.model, toks, self.layer, packed=self._packed)
+                        row = keep.nonzero()[:, 0]  # (N,) sequence of each real token
+                        pooled = rep.new_zeros((len(bt), self.dim), dtype=torch.float32)
+                        pooled.index_add_(0, row, rep.float() * wt[keep][:, None])  # (B, d)
+                    else:
+                        rep = esm2_representation(
+                            self.model, toks, self.layer, attention=self.attention
+                        ).float()  # (B, T, d)
+                        pooled = torch.einsum("bt,btd->bd", wt, rep)  # (B, d)
                 pooled = pooled.cpu().numpy()
                 fin_keys, fin_vecs = [], []
                 for b, c in enumerate(bt):
