@@ -31,11 +31,13 @@ the same order as a single run (bit-identical), then standardizes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -174,6 +176,34 @@ class _NpyRows:
                 raise OSError(f"{self.path}: unexpected end of file (truncated?)")
             done += got
         return out
+
+    @contextlib.contextmanager
+    def rows(self, start: int, n: int, *, write: bool = False):
+        """Rows start … start+n as an ndarray over a shared memory map of the file (no copy):
+        reads touch the page cache directly, writes land in it. Unmapped on exit, so the
+        resident memory stays one block."""
+        pos = self.offset + start * self.row_bytes
+        lo = pos - pos % mmap.ALLOCATIONGRANULARITY
+        size = pos - lo + n * self.row_bytes
+        if n == 0:
+            yield np.empty((0,) + self.shape[1:], dtype=self.dtype)
+            return
+        access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
+        m = mmap.mmap(self.fd, size, offset=lo, access=access)
+        try:
+            arr = np.frombuffer(
+                m,
+                dtype=self.dtype,
+                count=n * self.row_bytes // self.dtype.itemsize,
+                offset=pos - lo,
+            ).reshape((n,) + self.shape[1:])
+            yield arr
+            del arr
+        finally:
+            try:
+                m.close()
+            except BufferError:  # pragma: no cover - a caller kept a view: the GC unmaps it
+                pass
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -1193,8 +1223,8 @@ def _standardize(
 
     z = (v − μ)·(1/σ) in float32 (0 where σ = 0 or the gene is missing from the row's source),
     clipped to the float16 range, by the C++ kernel (bit-identical to that numpy expression).
-    The next block is read while this one is converted and written; ``commit`` runs at most
-    every COMMIT_SECONDS and after the last block.
+    Both sides are memory-mapped block by block (no copies through the kernel); ``commit``
+    runs at most every COMMIT_SECONDS and after the last block.
 
     ``gap`` (rows): the float32 rows live in the same file as ``expr``, starting ``gap``
     float16 rows after its first row (:func:`_inplace_layout`), and are overwritten as the
@@ -1204,7 +1234,6 @@ def _standardize(
     """
     from .. import _C
 
-    G = len(stats.mean)
     N = int(sum(n for _, n in segments))
     shift, scale = _z_params(stats, missing)
     source_index = np.ascontiguousarray(source_index, dtype=np.int64)
@@ -1215,35 +1244,27 @@ def _standardize(
         seg = int(np.searchsorted(starts, r, side="right") - 1)
         return seg, r - int(starts[seg]), min(block_size, N - r, int(starts[seg + 1]) - r)
 
-    def read(r: int) -> np.ndarray:
-        seg, off, n = span(r)
-        return segments[seg][0].read(off, n)
-
-    z_buf = np.empty((min(block_size, max(N, 1)), G), dtype=np.float16)
     last_commit = time.monotonic()
     committed = prog.rows_done
-    with ThreadPoolExecutor(1) as pool:  # read block k+1 while block k is converted
-        fut = pool.submit(read, prog.rows_done) if prog.rows_done < N else None
-        while prog.rows_done < N:
-            r = prog.rows_done
-            v = fut.result()
-            n = len(v)
-            fut = pool.submit(read, r + n) if r + n < N else None
-            if gap is not None and r + n > gap + 2 * committed:
-                commit()  # rows < r are done: the writes below r + n ≤ gap + 2r are safe
-                committed, last_commit = r, time.monotonic()
-            z = z_buf[:n]
+    while prog.rows_done < N:
+        r = prog.rows_done
+        seg, off, n = span(r)
+        if gap is not None and r + n > gap + 2 * committed:
+            commit()  # rows < r are done: the writes below r + n ≤ gap + 2r are safe
+            committed, last_commit = r, time.monotonic()
+        # straight from the page cache to the page cache: both sides memory-mapped (the
+        # float16 rows written never overlap the float32 rows read, see above)
+        with segments[seg][0].rows(off, n) as v, expr.rows(r, n, write=True) as z:
             _C.standardize_f16(v, shift, scale, z, source_index[r : r + n])
-            expr.write(r, z)
-            prog.rows_done += n
-            prog.blocks_done += 1
-            now = time.monotonic()
-            if now - last_commit >= COMMIT_SECONDS or prog.rows_done == N:
-                commit()
-                committed, last_commit = prog.rows_done, now
-            if bar is not None:
-                bar.update(n)
-            _sleep_hook()
+        prog.rows_done += n
+        prog.blocks_done += 1
+        now = time.monotonic()
+        if now - last_commit >= COMMIT_SECONDS or prog.rows_done == N:
+            commit()
+            committed, last_commit = prog.rows_done, now
+        if bar is not None:
+            bar.update(n)
+        _sleep_hook()
     if bar is not None:
         bar.close()
 
