@@ -933,9 +933,6 @@ class _Writer:
         elif prog.phase == 1:  # rows are counted at the end (QC), then the file is shrunk
             self.expr = self._npy("expression.npy", (self.n_in, self.G), np.float16)
             shift, scale = _z_params(self.given_stats, _missing(plan))
-            z_buf = np.empty(
-                (min(plan.key["parameters"]["block_size"], self.n_in), self.G), dtype=np.float16
-            )
         self.nonzero = self._npy("qc_nonzero.npy", (self.n_in,), np.int64)
         self.total = self._npy("qc_total.npy", (self.n_in,), np.float64)
         if prog.phase != 1:
@@ -979,11 +976,10 @@ class _Writer:
                 self.nonzero.write(g, blk.nonzero)
                 self.total.write(g, blk.total)
                 vals = blk.values if passed.all() else blk.values[passed]
-                if self.direct:
-                    z = z_buf[: len(vals)]
-                    # one thread: the source's reader threads are busy with the next block
-                    _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z, threads=1)
-                    self.expr.write(prog.rows_written, z)
+                if self.direct:  # z straight into the file's pages
+                    with self.expr.rows(prog.rows_written, len(vals), write=True) as z:
+                        # one thread: the source's reader threads are busy with the next block
+                        _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z, threads=1)
                 else:
                     self.log1p.write(prog.rows_written, vals)
                 prog.rows_written += len(vals)
