@@ -170,11 +170,21 @@ def test_build_throughput_vs_raw_read(benchmark, reference, tmp_path, mode):
         build_corpus(src, tmp_path / f"c{n[0]}", reference, **kw)
         return time.perf_counter() - t
 
-    # side by side, alternating (the machine may be shared): best of two each
+    # side by side, alternating (the machine may be shared): best of two each; CPU time split
+    # into user and kernel (system) time shows where the build's extra time goes
     raws, builds = [], []
+    cpu = {"raw": np.zeros(2), "build": np.zeros(2)}
+
+    def timed_cpu(key, fn):
+        t0 = os.times()
+        r = fn()
+        t1 = os.times()
+        cpu[key] += (t1.user - t0.user, t1.system - t0.system)
+        return r
+
     for _ in range(2):
-        raws.append(raw_read(src, reference))
-        builds.append(build())
+        raws.append(timed_cpu("raw", lambda: raw_read(src, reference)))
+        builds.append(timed_cpu("build", build))
         shutil.rmtree(tmp_path / f"c{n[0]}")
     benchmark.pedantic(build, rounds=1, iterations=1)
     raw_sps, build_sps = src.n_samples / min(raws), src.n_samples / min(builds)
@@ -185,10 +195,14 @@ def test_build_throughput_vs_raw_read(benchmark, reference, tmp_path, mode):
         ratio=round(build_sps / raw_sps, 3),
         raw_s=[round(x, 3) for x in raws],
         build_s=[round(x, 3) for x in builds],
+        raw_cpu_user_sys_s=[round(x / 2, 2) for x in cpu["raw"]],
+        build_cpu_user_sys_s=[round(x / 2, 2) for x in cpu["build"]],
     )
     print(
         f"\n[{mode}] raw read {raw_sps:,.0f} samples/s, build {build_sps:,.0f} samples/s, "
-        f"ratio {build_sps / raw_sps:.2f}"
+        f"ratio {build_sps / raw_sps:.2f}; CPU per run (user, system): raw "
+        f"{cpu['raw'][0] / 2:.2f} + {cpu['raw'][1] / 2:.2f} s, build "
+        f"{cpu['build'][0] / 2:.2f} + {cpu['build'][1] / 2:.2f} s"
     )
 
 
