@@ -118,6 +118,16 @@ def _tsv_bytes(df: pd.DataFrame) -> bytes:
     return df.to_csv(sep="\t", index=False, lineterminator="\n").encode()
 
 
+_mmap = mmap.mmap  # (a test replaces it to simulate a file system without shared maps)
+_NO_MMAP_NOTED: set = set()
+
+
+def _note_no_mmap(path: Path, err: Exception) -> None:
+    if path.parent not in _NO_MMAP_NOTED:
+        _NO_MMAP_NOTED.add(path.parent)
+        log.info("%s cannot be memory-mapped (%s); reading and writing it with copies", path, err)
+
+
 class _NpyRows:
     """Row-block I/O on an ``.npy`` file with ``pread``/``pwrite`` (no mmap, so the resident
     memory of a build stays one block whatever the file size)."""
@@ -189,7 +199,17 @@ class _NpyRows:
             yield np.empty((0,) + self.shape[1:], dtype=self.dtype)
             return
         access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
-        m = mmap.mmap(self.fd, size, offset=lo, access=access)
+        try:
+            m = _mmap(self.fd, size, offset=lo, access=access)
+        except (OSError, ValueError) as e:  # a file system without shared maps: copy instead
+            _note_no_mmap(self.path, e)
+            if not write:
+                yield self.read(start, n)
+                return
+            buf = np.empty((n,) + self.shape[1:], dtype=self.dtype)
+            yield buf
+            self.write(start, buf)  # only reached when the caller's block succeeded
+            return
         try:
             arr = np.frombuffer(
                 m,
@@ -219,10 +239,20 @@ COMMIT_SECONDS = float(os.environ.get("BULKFORMER_COMMIT_SECONDS", "1.0"))
 
 
 def _boot_id() -> str | None:
-    """This boot of the machine (Linux), to tell a killed build from a crashed machine."""
+    """This boot of the machine, to tell a killed build from a crashed one: Linux's boot id,
+    else the boot time from ``sysctl kern.boottime`` (macOS, BSD); None when neither exists."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:  # pragma: no cover - not Linux
+        pass
+    try:  # pragma: no cover - not Linux
+        import subprocess
+
+        r = subprocess.run(
+            ["sysctl", "-n", "kern.boottime"], capture_output=True, text=True, timeout=5
+        )
+        return f"boottime:{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):  # pragma: no cover
         return None
 
 

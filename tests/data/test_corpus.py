@@ -407,6 +407,28 @@ def test_inplace_standardize_resumes_after_a_kill_at_any_block(
     _same_files(whole.path, c.path)
 
 
+def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, monkeypatch):
+    """File systems without shared memory maps: phase 2 and the given-stats path fall back to
+    copies (pread/pwrite) and write the same corpus."""
+    import errno
+
+    import bulkformer.data.corpus as corpus_mod
+
+    data = _two_sources()
+    kw = dict(min_nonzero=24, block_size=8, progress=False)
+    a = build_corpus(_sources(data), tmp_path / "a", reference, **kw)
+    sa = build_corpus(_sources(data), tmp_path / "sa", reference, stats=a.path, **kw)
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(errno.ENODEV, "no shared mappings here")
+
+    monkeypatch.setattr(corpus_mod, "_mmap", no_mmap)
+    b = build_corpus(_sources(data), tmp_path / "b", reference, **kw)
+    sb = build_corpus(_sources(data), tmp_path / "sb", reference, stats=a.path, **kw)
+    _same_files(a.path, b.path)
+    _same_files(sa.path, sb.path)
+
+
 def test_non_durable_build_resumes_on_the_same_boot(tmp_path, reference, monkeypatch):
     data = _two_sources()
     whole = build_corpus(
