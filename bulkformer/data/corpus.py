@@ -70,6 +70,9 @@ FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLITS = (0.9, 0.05, 0.05)
 DEFAULT_BLOCK_SIZE = 512
+#: layout of the files in ``OUT.partial`` (2: float32 rows inside expression.npy, converted in
+#: place); a partial build with another layout is not resumed
+PARTIAL_LAYOUT = 2
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: test hook: seconds to sleep after each committed block (lets a test kill a build mid-run)
 _SLEEP_ENV = "BULKFORMER_CORPUS_TEST_SLEEP"
@@ -714,6 +717,13 @@ def _open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Pat
             partial.mkdir(parents=True)
             return partial, None
         if not overwrite:
+            layout = (old or {}).get("plan", {}).get("partial_layout")
+            if old is not None and old.get("kind") == kind and layout != key.get("partial_layout"):
+                raise FileExistsError(
+                    f"{partial} holds an interrupted build written by another version of "
+                    "bulkformer (its files are laid out differently), so it cannot be resumed; "
+                    "pass overwrite=True (--overwrite) to start over"
+                )
             raise FileExistsError(
                 f"{partial} holds an interrupted build with different inputs or parameters; "
                 "rerun the original command to finish it, or pass overwrite=True "
@@ -838,7 +848,9 @@ def build_corpus(
     kind = "corpus" if sh is None else "part"
     key = dict(plan.key)
     key["shard"] = None if sh is None else {"index": sh[0], "count": sh[1]}
-    partial, old = _open_partial(out, key, kind, overwrite)
+    # the partial's file layout is part of what a resume must match (older partials differ)
+    plan_id = dict(key, partial_layout=PARTIAL_LAYOUT)
+    partial, old = _open_partial(out, plan_id, kind, overwrite)
     build = {"started": (old or {}).get("build", {}).get("started", _now()), "resumed": 0}
     if old is not None:
         build["resumed"] = int(old.get("build", {}).get("resumed", 0)) + 1
@@ -846,7 +858,7 @@ def build_corpus(
         if old is None:
             reference.to_tsv(partial / "genes.tsv")
             (partial / "missing.npy").write_bytes(_npy_bytes(_missing(plan)))
-        manifest = _manifest(key, kind, {"plan": key, "build": build})
+        manifest = _manifest(key, kind, {"plan": plan_id, "build": build})
         if old is not None and "rows" in old:
             manifest["rows"] = old["rows"]
         writer = _Writer(

@@ -429,6 +429,22 @@ def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, mon
     _same_files(sa.path, sb.path)
 
 
+def test_partial_from_another_file_layout_is_not_resumed(tmp_path, reference, monkeypatch):
+    """A partial build left by a bulkformer whose partial files were laid out differently
+    (before phase 2 converted in place) must not be resumed into a corrupt corpus."""
+    data = _two_sources()
+    kw = dict(min_nonzero=24, block_size=8, progress=False)
+    whole = build_corpus(_sources(data), tmp_path / "whole", reference, **kw)
+    mf, m = _interrupted(tmp_path, reference, data, monkeypatch, durable=False)
+    del m["plan"]["partial_layout"]  # as an older version wrote it
+    mf.write_text(json.dumps(m))
+    with pytest.raises(FileExistsError, match="another version"):
+        build_corpus(_sources(data), tmp_path / "c", reference, **kw)
+    c = build_corpus(_sources(data), tmp_path / "c", reference, overwrite=True, **kw)
+    assert c.manifest["build"]["resumed"] == 0
+    _same_files(whole.path, c.path)
+
+
 def test_non_durable_build_resumes_on_the_same_boot(tmp_path, reference, monkeypatch):
     data = _two_sources()
     whole = build_corpus(
