@@ -188,8 +188,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     for (int64_t k = 0; k < g; ++k)
       begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
     // Gene-major chunks whose requested samples are one contiguous run (the usual case: whole
-    // chunk columns): accumulate straight from the chunk's gene rows, across samples.
-    bool run = gene_major && g > 0;
+    // chunk columns) of at least 8 (one SIMD step; shorter runs are faster transposed):
+    // accumulate straight from the chunk's gene rows, across samples.
+    bool run = gene_major && g >= 8;
     for (int64_t k = 1; run && k < g; ++k) run = local[k] == local[0] + k;
     if (run) {
       GroupAcc& ga = groups[wid];
