@@ -566,6 +566,17 @@ class ARCHS4Source(ExpressionSource):
     def n_samples(self) -> int:
         return len(self.rows)
 
+    def block_cuts(self, block_size: int) -> np.ndarray:
+        """Blocks made of whole chunk columns: consecutive selected samples in the same chunk
+        column (a "run") are never split across blocks, so each chunk is inflated once. Runs
+        are packed into blocks of at most ``block_size`` samples; a run larger than that is a
+        block of its own, split only beyond 4 × ``block_size`` (memory)."""
+        chunks = self.file.expression.chunks
+        if chunks is None:  # contiguous storage: nothing to align to
+            return super().block_cuts(block_size)
+        width = int(chunks[0] if self.file.transposed else chunks[1])
+        return chunk_aligned_cuts(self.rows // width, block_size)
+
     def read_block(
         self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
     ) -> Block:
@@ -580,6 +591,31 @@ class ARCHS4Source(ExpressionSource):
             threads=threads if threads is not None else self.threads,
         )
         return Block(values=out, nonzero=nz, total=tot)
+
+
+def chunk_aligned_cuts(column: np.ndarray, block_size: int) -> np.ndarray:
+    """Block boundaries over rows whose storage chunk column is ``column`` (in row order):
+    maximal runs of equal columns are packed greedily into blocks of ≤ ``block_size`` rows; a
+    longer run stands alone, cut into near-equal pieces of ≤ 4 × ``block_size``."""
+    n = len(column)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(column)) + 1]
+    ends = np.r_[starts[1:], n]
+    cuts = [0]
+    cap = 4 * block_size
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        run = b - a
+        if run > block_size:
+            if cuts[-1] != a:
+                cuts.append(a)
+            pieces = -(-run // cap)
+            cuts += [a + (run * i) // pieces for i in range(1, pieces)] + [b]
+        elif b - cuts[-1] > block_size:  # the run starts the next block
+            cuts.append(a)
+    if cuts[-1] != n:
+        cuts.append(n)
+    return np.asarray(cuts, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import logging
 import mmap
@@ -73,6 +74,7 @@ DEFAULT_BLOCK_SIZE = 512
 #: layout of the files in ``OUT.partial`` (2: float32 rows inside expression.npy, converted in
 #: place); a partial build with another layout is not resumed
 PARTIAL_LAYOUT = 2
+_LAYOUT_KEYS = ("partial_layout", "blocks_sha256")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: test hook: seconds to sleep after each committed block (lets a test kill a build mid-run)
 _SLEEP_ENV = "BULKFORMER_CORPUS_TEST_SLEEP"
@@ -534,6 +536,26 @@ def _shard_of(spec) -> tuple | None:
     return i, n
 
 
+def _block_cuts(source: ExpressionSource, block_size: int) -> np.ndarray:
+    """The source's block boundaries (chunk-aligned where it knows its storage), checked."""
+    n = source.n_samples
+    fn = getattr(source, "block_cuts", None)
+    cuts = np.asarray(
+        fn(block_size) if fn is not None else ExpressionSource.block_cuts(source, block_size),
+        dtype=np.int64,
+    )
+    if (
+        len(cuts) == 0
+        or cuts[0] != 0
+        or cuts[-1] != n
+        or (len(cuts) > 1 and (np.diff(cuts) <= 0).any())
+    ):
+        raise RuntimeError(
+            f"{source.path}: block_cuts() must rise strictly from 0 to {n}; got {cuts[:8]}…"
+        )
+    return cuts
+
+
 def _make_plan(
     sources, reference, *, label, min_nonzero, splits, seed, stats, block_size, shard
 ) -> _Plan:
@@ -572,9 +594,9 @@ def _make_plan(
         lab = pd.Series(np.concatenate(labels), dtype=object).fillna("").astype(str).to_numpy()
     split = assign_splits(len(all_ids), splits, seed=seed, labels=lab)
     blocks = [
-        (i, a, min(a + block_size, s.n_samples))
+        (i, int(a), int(b))
         for i, s in enumerate(sources)
-        for a in range(0, s.n_samples, block_size)
+        for a, b in itertools.pairwise(_block_cuts(s, block_size))
     ]
     blocks = np.array(blocks, dtype=np.int64).reshape(-1, 3)
     offsets = np.concatenate([[0], np.cumsum([s.n_samples for s in sources])])
@@ -717,11 +739,19 @@ def _open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Pat
             partial.mkdir(parents=True)
             return partial, None
         if not overwrite:
-            layout = (old or {}).get("plan", {}).get("partial_layout")
-            if old is not None and old.get("kind") == kind and layout != key.get("partial_layout"):
+
+            def inputs(plan: dict) -> dict:  # the plan without how the partial is laid out
+                return {k: v for k, v in plan.items() if k not in _LAYOUT_KEYS}
+
+            if (
+                old is not None
+                and old.get("kind") == kind
+                and inputs(old.get("plan") or {}) == inputs(key)
+            ):
                 raise FileExistsError(
-                    f"{partial} holds an interrupted build written by another version of "
-                    "bulkformer (its files are laid out differently), so it cannot be resumed; "
+                    f"{partial} holds an interrupted build of the same inputs written by another "
+                    "version of bulkformer (its files or blocks are laid out differently), so it "
+                    "cannot be resumed; "
                     "pass overwrite=True (--overwrite) to start over"
                 )
             raise FileExistsError(
@@ -849,7 +879,11 @@ def build_corpus(
     key = dict(plan.key)
     key["shard"] = None if sh is None else {"index": sh[0], "count": sh[1]}
     # the partial's file layout is part of what a resume must match (older partials differ)
-    plan_id = dict(key, partial_layout=PARTIAL_LAYOUT)
+    plan_id = dict(
+        key,
+        partial_layout=PARTIAL_LAYOUT,
+        blocks_sha256=hashlib.sha256(np.ascontiguousarray(plan.blocks).tobytes()).hexdigest(),
+    )
     partial, old = _open_partial(out, plan_id, kind, overwrite)
     build = {"started": (old or {}).get("build", {}).get("started", _now()), "resumed": 0}
     if old is not None:

@@ -166,3 +166,10 @@ class ExpressionSource(abc.ABC):
         self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
     ) -> Block:
         """Read samples ``rows`` (positions in :attr:`samples`) as aligned log1p(TPM)."""
+
+    def block_cuts(self, block_size: int) -> np.ndarray:
+        """Boundaries (0 … n_samples, increasing) of the row blocks a corpus build reads:
+        every ``block_size`` rows by default. Sources stored in chunks override it so that a
+        chunk is not decoded by several blocks."""
+        n = self.n_samples
+        return np.r_[np.arange(0, n, block_size), n].astype(np.int64) if n else np.zeros(1, int)

@@ -203,3 +203,68 @@ def test_cli_info_search_qc(v2, tmp_path, capsys):
     q = pd.read_csv(out, sep="\t", index_col=0)
     np.testing.assert_array_equal(q["nonzero_genes"], qc_ref(_counts(v2).T)[0])
     assert main(["archs4", "info", str(tmp_path / "missing.h5")]) == 1
+
+
+# ---------------------------------------------------------------------------- block alignment
+@pytest.mark.parametrize(
+    "column,bs,want",
+    [
+        (np.arange(61) // 7, 10, [0, 7, 14, 21, 28, 35, 42, 49, 56, 61]),  # one chunk per block
+        (np.arange(100) // 3, 10, [0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 100]),  # 3 runs
+        (np.arange(3000) // 1000, 512, [0, 1000, 2000, 3000]),  # wide runs stay whole
+        (np.zeros(5000, int), 512, [0, 1666, 3333, 5000]),  # beyond 4 × block_size: split
+        (np.array([0, 0, 3, 3, 3] + [9] * 12 + [12]), 4, [0, 2, 5, 17, 18]),
+        (np.array([5, 5, 1, 1, 5, 5]), 3, [0, 2, 4, 6]),  # unsorted selection: runs in order
+        (np.zeros(0, int), 8, [0]),
+    ],
+)
+def test_chunk_aligned_cuts(column, bs, want):
+    from bulkformer.data.archs4 import chunk_aligned_cuts
+
+    cuts = chunk_aligned_cuts(column, bs)
+    assert cuts.tolist() == want
+    for a, b in zip(cuts[:-1], cuts[1:]):  # a block never ends inside a run it could hold
+        assert b - a <= max(bs, 4 * bs) and (
+            b == len(column) or column[b - 1] != column[b] or b - a > bs
+        )
+
+
+def test_corpus_blocks_follow_chunk_columns(tmp_path, v2):
+    """A corpus build reads whole chunk columns per block (each chunk inflated once), and the
+    corpus is the one the plain every-block_size blocks give (up to the statistics' summation
+    order)."""
+    from bulkformer.data import corpus as corpus_mod
+    from bulkformer.data.source import ExpressionSource
+
+    with ARCHS4File(v2) as f:
+        ref = GeneReference(
+            f.gene_ids[::2], f.gene_symbols[::2], np.full(len(f.gene_ids[::2]), 1e3)
+        )
+    src = ARCHS4Source(v2, samples=np.r_[0:40, 45:157], max_singlecell=None)
+    cuts = src.block_cuts(20)  # chunk width 16: runs of 16 (and 11 + 5 around the gap)
+    col = src.rows // 16
+    assert all(col[b - 1] != col[b] for b in cuts[1:-1])
+    calls = []
+    read = ARCHS4Source.read_block
+
+    def counting(self, rows, alignment, *, threads=None):
+        calls.append(np.unique(self.rows[rows] // 16))
+        return read(self, rows, alignment, threads=threads)
+
+    kw = dict(min_nonzero=0, block_size=20, progress=False)
+    orig = ARCHS4Source.read_block
+    ARCHS4Source.read_block = counting
+    try:
+        a = corpus_mod.build_corpus(src, tmp_path / "aligned", ref, **kw)
+    finally:
+        ARCHS4Source.read_block = orig
+    seen = np.concatenate(calls)
+    assert len(seen) == len(np.unique(seen))  # no chunk column read by two blocks
+    plain = ARCHS4Source(v2, samples=np.r_[0:40, 45:157], max_singlecell=None)
+    plain.block_cuts = lambda bs: ExpressionSource.block_cuts(plain, bs)
+    b = corpus_mod.build_corpus(plain, tmp_path / "plain", ref, **kw)
+    pd.testing.assert_frame_equal(a.samples, b.samples)
+    np.testing.assert_allclose(a.stats.mean, b.stats.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        a.expression.astype(np.float32), b.expression.astype(np.float32), atol=2e-3
+    )
