@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import itertools
@@ -123,6 +124,25 @@ def _tsv_bytes(df: pd.DataFrame) -> bytes:
     return df.to_csv(sep="\t", index=False, lineterminator="\n").encode()
 
 
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Allocate a new file's disk blocks up front (no data written where the file system
+    supports it). A full disk then fails here, with a clear error, rather than later: a write
+    through a memory map into a block that cannot be allocated kills the process (SIGBUS)."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"{path}: not enough disk space: this file needs {size / 1e9:.2f} GB "
+                "(free some space and rerun the same command to resume)",
+            ) from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
 _mmap = mmap.mmap  # (a test replaces it to simulate a file system without shared maps)
 _NO_MMAP_NOTED: set = set()
 
@@ -157,6 +177,8 @@ class _NpyRows:
                 np.lib.format.write_array_header_1_0(f, header)
                 offset = f.tell()
                 f.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
+                f.flush()
+                _reserve(f.fileno(), offset + int(np.prod(shape)) * dtype.itemsize, self.path)
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -1349,7 +1371,9 @@ def _inplace_layout(path: Path, n_rows: int, G: int, gap: int, *, create: bool):
     (:func:`_set_npy_rows`). Returns (float16 rows, float32 rows)."""
     if create:
         expr = _NpyRows(path, (n_rows, G), np.float16, create=True)
-        os.ftruncate(expr.fd, expr.offset + 2 * G * gap + 4 * G * n_rows)
+        size = expr.offset + 2 * G * gap + 4 * G * n_rows
+        os.ftruncate(expr.fd, size)
+        _reserve(expr.fd, size, path)
     else:
         expr = _NpyRows(path)
     log1p = _NpyRows(path, (n_rows, G), np.float32, offset=expr.offset + 2 * G * gap)

@@ -445,6 +445,33 @@ def test_partial_from_another_file_layout_is_not_resumed(tmp_path, reference, mo
     _same_files(whole.path, c.path)
 
 
+def test_full_disk_fails_early_with_a_clear_error(tmp_path, reference, monkeypatch):
+    """Files are reserved on disk when created: a full disk is an OSError naming the file and
+    the size (not a SIGBUS from a memory-mapped write later); file systems without fallocate
+    just skip the reservation."""
+    import errno
+
+    data = _two_sources()
+    kw = dict(min_nonzero=24, block_size=8, progress=False)
+    whole = build_corpus(_sources(data), tmp_path / "whole", reference, **kw)
+
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    c = build_corpus(_sources(data), tmp_path / "c", reference, **kw)
+    _same_files(whole.path, c.path)
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match=r"expression\.npy: not enough disk space: .* GB"):
+        build_corpus(_sources(data), tmp_path / "d", reference, **kw)
+    with pytest.raises(OSError, match="not enough disk space"):
+        build_corpus(_sources(data), tmp_path / "e", reference, stats=whole.path, **kw)
+
+
 def test_non_durable_build_resumes_on_the_same_boot(tmp_path, reference, monkeypatch):
     data = _two_sources()
     whole = build_corpus(
