@@ -1075,15 +1075,17 @@ class _Writer:
                 self.total.write(g, blk.total)
                 vals = blk.values if passed.all() else blk.values[passed]
                 if self.direct:  # z straight into the file's pages
-                    with self.expr.rows(prog.rows_written, len(vals), write=True) as z:
+                    with self.expr.rows(prog.rows_written, len(vals), write=True) as zrows:
                         # one thread: the source's reader threads are busy with the next block
-                        _C.standardize_f16(vals, shift[s : s + 1], scale[s : s + 1], z, threads=1)
+                        _C.standardize_f16(
+                            vals, shift[s : s + 1], scale[s : s + 1], zrows, threads=1
+                        )
                 else:
                     self.log1p.write(prog.rows_written, vals)
                 prog.rows_written += len(vals)
                 prog.blocks_done += 1
-                # a commit (fsync of every file + progress) at most every COMMIT_SECONDS: a kill
-                # loses at most that much reading, never consistency
+                # a commit (progress, and with durable=True an fsync of the data first) at most
+                # every COMMIT_SECONDS: a kill loses at most that much reading, never consistency
                 now = time.monotonic()
                 if now - last_commit >= COMMIT_SECONDS or k + 1 == len(todo):
                     self._commit("read", b1 - b0)

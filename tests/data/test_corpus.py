@@ -162,7 +162,8 @@ def test_given_stats_direct_build_equals_two_phase_merge(tmp_path, reference):
         _sources(data[:1]), tmp_path / "a", reference, min_nonzero=0, progress=False
     )
     kw = dict(label="tissue", min_nonzero=24, block_size=7, stats=base.path, progress=False)
-    direct = build_corpus(_sources(data), tmp_path / "direct", reference, **kw)
+    # progress bars on (they count rows of every block)
+    direct = build_corpus(_sources(data), tmp_path / "direct", reference, **dict(kw, progress=True))
     assert not (direct.path / "log1p.npy").exists()
     n_excluded = direct.manifest["rows"]["excluded"]
     assert n_excluded > 0  # the file was shrunk in place
@@ -226,7 +227,8 @@ def test_assign_splits_stratified_seeded():
 def test_shards_merge_equal_single_run(tmp_path, reference):
     data = _two_sources()
     kw = dict(label="tissue", min_nonzero=24, seed=1, block_size=7, progress=False)
-    single = build_corpus(_sources(data), tmp_path / "single", reference, **kw)
+    # progress bars on for the single build and the merge (both phases count rows)
+    single = build_corpus(_sources(data), tmp_path / "single", reference, **dict(kw, progress=True))
     parts = []
     for i in range(3):
         p = build_corpus(_sources(data), tmp_path / f"part{i}", reference, shard=f"{i}/3", **kw)
@@ -237,7 +239,7 @@ def test_shards_merge_equal_single_run(tmp_path, reference):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="shard part"):
         Corpus.open(parts[0])
-    merged = merge_parts(parts[::-1], tmp_path / "merged", progress=False)
+    merged = merge_parts(parts[::-1], tmp_path / "merged", progress=True)
     _same_files(single.path, merged.path)
     assert merged.manifest["build"]["merged_from"]
 
