@@ -266,7 +266,8 @@ class PackedESM2:
     weights are not seen).
 
     Per layer, one (3d, d) QKV weight and (3d,) bias: q rows multiplied by the attention
-    scaling (1/sqrt(head_dim), a power of two for ESM2's head widths, so exact), and within
+    scaling (1/sqrt(head_dim): a power of two, so exact, for head widths 16 and 64 — the 8M,
+    650M and 3B models — and equal up to float rounding for 24, 32 and 128), and within
     every q/k head the two rotary halves interleaved, ``(x1[0], x2[0], x1[1], x2[1], …)``, so
     that the rotary embedding is one complex multiplication in place. q and k are permuted
     alike, which leaves q·k unchanged; v is not rotated nor permuted.
