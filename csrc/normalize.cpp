@@ -337,6 +337,56 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
 }
 #endif
 
+#ifdef BULKFORMER_X86
+// C/L of mapped genes lo[0..nm) into the value rows of samples 0..K/8*8 (8 × 8 blocks: 8
+// samples' counts of 8 genes, converted exactly as pass1_u32_avx2 does, multiplied by 1/L,
+// transposed in registers, stored as 8 contiguous floats per sample). Returns the samples
+// done; genes beyond the last full 8 of each block are written scalar.
+__attribute__((target("avx2"))) static int64_t scatter_vals_avx2(
+    const uint32_t* rows, int64_t row_stride, int64_t g0, const int64_t* lo, int64_t nm,
+    const float* inv, int64_t K, float* v0, int64_t vs) {
+  const __m256i mask16 = _mm256_set1_epi32(0xffff);
+  const __m256 k65536 = _mm256_set1_ps(65536.0f);
+  const int64_t k8 = K & ~int64_t{7}, n8 = nm & ~int64_t{7};
+  for (int64_t k0 = 0; k0 < k8; k0 += 8) {
+    for (int64_t i0 = 0; i0 < n8; i0 += 8) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) {
+        const int64_t gg = lo[i0 + j];
+        const __m256i c = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(rows + (gg - g0) * row_stride + k0));
+        const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+        const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
+        r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw),
+                             _mm256_set1_ps(inv[gg]));
+      }
+      // 8 × 8 transpose: r[j][k] (gene j, sample k) -> t[k][j]
+      const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+      const __m256 t[8] = {
+          _mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
+          _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
+          _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
+          _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(v0 + (k0 + k) * vs + i0, t[k]);
+    }
+    for (int64_t i = n8; i < nm; ++i) {  // the last genes of these 8 samples
+      const int64_t gg = lo[i];
+      const uint32_t* R = rows + (gg - g0) * row_stride;
+      for (int64_t k = k0; k < k0 + 8; ++k)
+        v0[k * vs + i] = static_cast<float>(R[k]) * inv[gg];
+    }
+  }
+  return k8;
+}
+#endif
+
 template <bool kValues>
 static void gene_row(const uint32_t* R, int64_t K, float f, double* dl, int32_t* nnz,
                      uint64_t* tot) {
@@ -366,8 +416,14 @@ void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
   const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
   const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
   const int64_t m0 = lo - mg, nm = hi - lo;
+  int64_t k_done = 0;
+#ifdef BULKFORMER_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
+  if (avx2) k_done = scatter_vals_avx2(rows, row_stride, g0, lo, nm, inv, K, vals0 + m0,
+                                       vals_stride);
+#endif
   constexpr int64_t kTile = 64;  // samples per tile: their vals lines stay in L1 across genes
-  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+  for (int64_t k0 = k_done; k0 < K; k0 += kTile) {
     const int64_t k1 = std::min(K, k0 + kTile);
     for (int64_t i = 0; i < nm; ++i) {
       const int64_t gg = lo[i];
