@@ -192,26 +192,18 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     // accumulate straight from the chunk's gene rows, across samples.
     bool run = gene_major && g >= 8;
     for (int64_t k = 1; run && k < g; ++k) run = local[k] == local[0] + k;
-    if (run) {
-      GroupAcc& ga = groups[wid];
-      ga.reset(g);
-      for (int64_t r = 0; r < m.grid_rows; ++r) {
-        const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
-        const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
-        if (!data) {
-          for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
-          continue;
-        }
-        accumulate_rows(plan, ga, g0, g1, data + local[0], m.chunk_samples,
-                        values ? scr[wid].data() : nullptr, row_len);
-      }
-      flush_group(ga, accs.data());
-    }
-    for (int64_t r = 0; !run && r < m.grid_rows; ++r) {
+    GroupAcc& ga = groups[wid];
+    if (run) ga.reset(g);
+    for (int64_t r = 0; r < m.grid_rows; ++r) {
       const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
       const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
       if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
         for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
+        continue;
+      }
+      if (run) {
+        accumulate_rows(plan, ga, g0, g1, data + local[0], m.chunk_samples,
+                        values ? scr[wid].data() : nullptr, row_len);
         continue;
       }
       const int64_t rows_here = g1 - g0;
@@ -237,6 +229,7 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
       for (int64_t k = 0; k < g; ++k)
         accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
     }
+    if (run) flush_group(ga, accs.data());
     for (int64_t k = 0; k < g; ++k) {
       const int64_t row = t.rows[k];
       const bool use = spec.stats && (!spec.stats_rows || spec.stats_rows[row]);

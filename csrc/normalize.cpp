@@ -328,12 +328,8 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
       _mm256_storeu_pd(dl + k + 4, d1);
     }
   }
-  for (; k < K; ++k) {
-    const uint32_t c = R[k];
-    nnz[k] += (c != 0);
-    tot[k] += c;
-    if (kValues) dl[k] += static_cast<double>(static_cast<float>(c) * f);
-  }
+  if (k < K)
+    gene_row_generic<kValues>(R + k, K - k, f, kValues ? dl + k : nullptr, nnz + k, tot + k);
 }
 #endif
 
