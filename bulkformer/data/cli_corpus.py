@@ -154,14 +154,7 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="replace an existing --out (and discard an incompatible OUT.partial)",
     )
-    o.add_argument(
-        "--durable",
-        action="store_true",
-        help="fsync the data at every progress commit, so that an unfinished build (and the "
-        "result) survive a power failure or OS crash; slower: every byte goes to the disk while "
-        "building. Without it a killed build still resumes exactly, but after a reboot an "
-        "unfinished build starts over",
-    )
+    _add_durable(o)
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_preprocess)
 
@@ -176,14 +169,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("parts", nargs="+", metavar="PART", help="part directories (all n of them)")
     m.add_argument("--out", required=True, metavar="DIR", help="output corpus directory")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    m.add_argument(
-        "--durable",
-        action="store_true",
-        help="fsync the data at every progress commit, so that an unfinished build (and the "
-        "result) survive a power failure or OS crash; slower: every byte goes to the disk while "
-        "building. Without it a killed build still resumes exactly, but after a reboot an "
-        "unfinished build starts over",
-    )
+    _add_durable(m)
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.set_defaults(func=run_merge)
 
@@ -277,6 +263,17 @@ def open_sources(args) -> list:
     if not sources:
         raise ValueError("no input: give --archs4, --gdc, --h5ad or --demo (see --help)")
     return sources
+
+
+def _add_durable(parser) -> None:
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync the data at every progress commit, so that an unfinished build (and the "
+        "result) survive a power failure or OS crash; slower: every byte goes to the disk while "
+        "building. Without it a killed build still resumes exactly, but after a reboot an "
+        "unfinished build starts over",
+    )
 
 
 def run_preprocess(args) -> int:

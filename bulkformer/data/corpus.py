@@ -143,6 +143,14 @@ def _reserve(fd: int, size: int, path: Path) -> None:
             raise
 
 
+def _open_rows(path: Path, shape, dtype) -> _NpyRows:
+    """The ``.npy`` of a build in progress: opened when a resumed build left it, else created."""
+    f = _NpyRows(path) if path.exists() else _NpyRows(path, shape, dtype, create=True)
+    if f.shape != tuple(shape):
+        raise OSError(f"{path} has shape {f.shape}, expected {tuple(shape)} (corrupt partial?)")
+    return f
+
+
 _mmap = mmap.mmap  # (a test replaces it to simulate a file system without shared maps)
 _NO_MMAP_NOTED: set = set()
 
@@ -154,11 +162,20 @@ def _note_no_mmap(path: Path, err: Exception) -> None:
 
 
 class _NpyRows:
-    """Row-block I/O on an ``.npy`` file with ``pread``/``pwrite`` (no mmap, so the resident
-    memory of a build stays one block whatever the file size)."""
+    """Row-block I/O on an ``.npy`` file: ``pread``/``pwrite``, or one block at a time through
+    a memory map (:meth:`rows`), so the resident memory of a build stays one block whatever the
+    file size. ``create`` writes the header and reserves the rows (plus ``tail_bytes`` after
+    them) on disk; ``offset`` opens a raw row region of an existing file, without a header."""
 
     def __init__(
-        self, path: Path, shape=None, dtype=None, *, create: bool = False, offset: int | None = None
+        self,
+        path: Path,
+        shape=None,
+        dtype=None,
+        *,
+        create: bool = False,
+        offset: int | None = None,
+        tail_bytes: int = 0,
     ):
         self.path = Path(path)
         if offset is not None:  # a raw row region at ``offset`` of an existing file, no header
@@ -176,9 +193,10 @@ class _NpyRows:
             with open(self.path, "wb") as f:  # the header np.lib.format.open_memmap writes
                 np.lib.format.write_array_header_1_0(f, header)
                 offset = f.tell()
-                f.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
+                size = offset + int(np.prod(shape)) * dtype.itemsize + tail_bytes
+                f.truncate(size)
                 f.flush()
-                _reserve(f.fileno(), offset + int(np.prod(shape)) * dtype.itemsize, self.path)
+                _reserve(f.fileno(), size, self.path)
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -985,10 +1003,7 @@ class _Writer:
 
     # -------------------------------------------------------------- helpers
     def _npy(self, name, shape, dtype) -> _NpyRows:
-        p = self.dir / name
-        f = _NpyRows(p) if p.exists() else _NpyRows(p, shape, dtype, create=True)
-        if f.shape != tuple(shape):
-            raise OSError(f"{p} has shape {f.shape}, expected {tuple(shape)} (corrupt partial?)")
+        f = _open_rows(self.dir / name, shape, dtype)
         self.files.append(f)
         return f
 
@@ -1372,10 +1387,9 @@ def _inplace_layout(path: Path, n_rows: int, G: int, gap: int, *, create: bool):
     fresh memory for it), and finally the file is cut to the float16 rows
     (:func:`_set_npy_rows`). Returns (float16 rows, float32 rows)."""
     if create:
-        expr = _NpyRows(path, (n_rows, G), np.float16, create=True)
-        size = expr.offset + 2 * G * gap + 4 * G * n_rows
-        os.ftruncate(expr.fd, size)
-        _reserve(expr.fd, size, path)
+        # float16 rows as the header says, then room for the rest: gap + 2 bytes per value
+        tail = 2 * G * gap + 2 * G * n_rows
+        expr = _NpyRows(path, (n_rows, G), np.float16, create=True, tail_bytes=tail)
     else:
         expr = _NpyRows(path)
     log1p = _NpyRows(path, (n_rows, G), np.float32, offset=expr.offset + 2 * G * gap)
@@ -1481,8 +1495,7 @@ def merge_parts(
             manifest["progress"] = {"phase": "standardize", "rows_done": prog.rows_done, "total": N}
             _write_atomic(partial / "manifest.json", _json_bytes(manifest))
 
-        p = partial / "expression.npy"
-        expr = _NpyRows(p) if p.exists() else _NpyRows(p, (N, G), np.float16, create=True)
+        expr = _open_rows(partial / "expression.npy", (N, G), np.float16)
         files.append(expr)
         _standardize(
             segs,
