@@ -4,10 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
+#include "h5index.h"
 #include "h5reader.h"
 #include "inflate.h"
 #include "half.h"
@@ -103,7 +105,8 @@ NormSpec make_spec(int64_t n_rows, const py::object& gene_map, const py::object&
 ChunkedMatrix make_matrix(const std::string& path, int64_t n_genes, int64_t n_samples,
                           int64_t chunk_genes, int64_t chunk_samples, bool transposed,
                           const std::vector<int>& filters, const py::object& offsets,
-                          const py::object& sizes, const py::object& masks) {
+                          const py::object& sizes, const py::object& masks,
+                          const py::object& cols) {
   ChunkedMatrix m;
   m.path = path;
   m.n_genes = n_genes;
@@ -115,7 +118,11 @@ ChunkedMatrix make_matrix(const std::string& path, int64_t n_genes, int64_t n_sa
   BF_CHECK(chunk_genes > 0 && chunk_samples > 0, "chunk shape must be positive");
   m.grid_rows = (n_genes + chunk_genes - 1) / chunk_genes;
   m.grid_cols = (n_samples + chunk_samples - 1) / chunk_samples;
-  const int64_t n = m.grid_rows * m.grid_cols;
+  if (!cols.is_none()) {
+    m.n_cols = py::cast<py::array>(cols).size();
+    m.cols = need<int64_t>(cols, "cols", m.n_cols);
+  }
+  const int64_t n = m.grid_rows * m.stored_cols();
   m.offsets = need<int64_t>(offsets, "offsets", n);
   m.sizes = need<int64_t>(sizes, "sizes", n);
   m.masks = need<uint32_t>(masks, "masks", n);
@@ -142,9 +149,10 @@ PYBIND11_MODULE(_C, m) {
          py::object offsets, py::object sizes, py::object masks, py::object samples,
          py::object gene_map, py::object lengths, int64_t n_out, int mode, py::object out,
          py::object nonzero, py::object total, py::object mean, py::object stdev,
-         py::object stats, py::object stats_rows, int threads, int64_t max_scratch_bytes) {
+         py::object stats, py::object stats_rows, int threads, int64_t max_scratch_bytes,
+         py::object cols) {
         ChunkedMatrix mat = make_matrix(path, n_genes, n_samples, chunk_genes, chunk_samples,
-                                        transposed, filters, offsets, sizes, masks);
+                                        transposed, filters, offsets, sizes, masks, cols);
         const int64_t n = py::cast<py::array>(samples).size();
         const int64_t* s = need<int64_t>(samples, "samples", n);
         NormSpec spec = make_spec(n, gene_map, lengths, n_genes, n_out, mode, out, nonzero, total,
@@ -162,7 +170,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("nonzero") = py::none(), py::arg("total") = py::none(),
       py::arg("mean") = py::none(), py::arg("std") = py::none(), py::arg("stats") = py::none(),
       py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
-      py::arg("max_scratch_bytes") = int64_t{256} << 20,
+      py::arg("max_scratch_bytes") = int64_t{256} << 20, py::arg("cols") = py::none(),
       "Read samples from a chunked genes x samples uint32 HDF5 dataset and normalize them.");
 
   m.def(
@@ -170,9 +178,9 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& path, int64_t n_genes, int64_t n_samples, int64_t chunk_genes,
          int64_t chunk_samples, bool transposed, const std::vector<int>& filters,
          py::object offsets, py::object sizes, py::object masks, py::object samples,
-         int threads) {
+         int threads, py::object cols) {
         ChunkedMatrix mat = make_matrix(path, n_genes, n_samples, chunk_genes, chunk_samples,
-                                        transposed, filters, offsets, sizes, masks);
+                                        transposed, filters, offsets, sizes, masks, cols);
         const int64_t n = py::cast<py::array>(samples).size();
         const int64_t* s = need<int64_t>(samples, "samples", n);
         ReadOptions opt;
@@ -183,7 +191,46 @@ PYBIND11_MODULE(_C, m) {
       py::arg("path"), py::arg("n_genes"), py::arg("n_samples"), py::arg("chunk_genes"),
       py::arg("chunk_samples"), py::arg("transposed"), py::arg("filters"), py::arg("offsets"),
       py::arg("sizes"), py::arg("masks"), py::arg("samples"), py::arg("threads") = 0,
+      py::arg("cols") = py::none(),
       "Decode every chunk a request touches and nothing else (the inflate ceiling).");
+
+  m.def(
+      "chunk_btree",
+      [](const std::string& path, uint64_t header_addr, std::vector<int64_t> dims,
+         std::vector<int64_t> chunk, int64_t elem_size, py::object want) -> py::object {
+        BF_CHECK(dims.size() == 2 && chunk.size() == 2, "dims and chunk must have 2 entries");
+        BF_CHECK(chunk[0] > 0 && chunk[1] > 0 && dims[0] >= 0 && dims[1] >= 0,
+                 "bad dataset or chunk shape");
+        const int64_t* w = nullptr;
+        int64_t nw = 0;
+        if (!want.is_none()) {
+          nw = py::cast<py::array>(want).size();
+          w = need<int64_t>(want, "want", nw);
+        }
+        ChunkRecords rec;
+        std::string why;
+        bool ok;
+        {
+          py::gil_scoped_release release;
+          ok = read_chunk_btree(path, header_addr, dims.data(), chunk.data(), elem_size, w, nw,
+                                &rec, &why);
+        }
+        if (!ok) return py::str(why);
+        auto arr = [](const auto& v) {
+          using T = typename std::decay_t<decltype(v)>::value_type;
+          py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+          if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+          return a;
+        };
+        return py::make_tuple(arr(rec.lin), arr(rec.addr), arr(rec.size), arr(rec.mask),
+                              rec.nodes_read);
+      },
+      py::arg("path"), py::arg("header_addr"), py::arg("dims"), py::arg("chunk"),
+      py::arg("elem_size"), py::arg("want") = py::none(),
+      "Chunk index of a 2-D dataset read from its version-1 chunk B-tree: (lin, addr, size,\n"
+      "mask, nodes_read), lin = i0 * grid1 + i1 in storage order, ascending; only the chunks\n"
+      "whose lin is in `want` (sorted) when given. A str (the reason) when the layout is not\n"
+      "one this reader handles (the caller then uses h5py's chunk_iter).");
 
   m.def(
       "normalize_dense",

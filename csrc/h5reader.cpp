@@ -53,27 +53,29 @@ struct ChunkBuffers {
   Inflater inflater;
 };
 
-std::string chunk_name(const ChunkedMatrix& m, int64_t r, int64_t c) {
+// (c is the chunk column, slot its position in the index arrays)
+std::string chunk_name(const ChunkedMatrix& m, int64_t r, int64_t c, int64_t slot) {
   return "chunk (" + std::to_string(r * m.chunk_genes) + ", " +
          std::to_string(c * m.chunk_samples) + ") [genes, samples] at byte offset " +
-         std::to_string(m.offsets[r * m.grid_cols + c]);
+         std::to_string(m.offsets[r * m.stored_cols() + slot]);
 }
 
-// Reads and decodes chunk (r, c). Returns nullptr for a chunk that was never written (all
-// zeros, HDF5's default fill value), else a pointer to chunk_bytes() decoded bytes.
+// Reads and decodes chunk (r, c), held at `slot` of the index. Returns nullptr for a chunk
+// that was never written (all zeros, HDF5's default fill value), else a pointer to
+// chunk_bytes() decoded bytes.
 const uint32_t* load_chunk(const ChunkedMatrix& m, const File& f, ChunkBuffers& bufs, int64_t r,
-                           int64_t c) {
-  const int64_t idx = r * m.grid_cols + c;
+                           int64_t c, int64_t slot) {
+  const int64_t idx = r * m.stored_cols() + slot;
   const int64_t off = m.offsets[idx];
   if (off < 0) return nullptr;
   const int64_t size = m.sizes[idx];
   const uint32_t mask = m.masks[idx];
   const int64_t nbytes = m.chunk_bytes();
   if (size <= 0 || size > (int64_t{1} << 40))
-    throw std::runtime_error(m.path + ": " + chunk_name(m, r, c) + " has an invalid stored size " +
-                             std::to_string(size));
+    throw std::runtime_error(m.path + ": " + chunk_name(m, r, c, slot) +
+                             " has an invalid stored size " + std::to_string(size));
   bufs.raw.resize(static_cast<size_t>(size));
-  f.pread_all(bufs.raw.data(), size, off, chunk_name(m, r, c));
+  f.pread_all(bufs.raw.data(), size, off, chunk_name(m, r, c, slot));
   const uint8_t* cur = bufs.raw.data();
   int64_t cur_size = size;
   bool into_a = true;
@@ -84,11 +86,11 @@ const uint32_t* load_chunk(const ChunkedMatrix& m, const File& f, ChunkBuffers& 
     if (m.filters[i] == kFilterDeflate) {
       std::string err = bufs.inflater.inflate(cur, cur_size, dst.data(), nbytes);
       if (!err.empty())
-        throw std::runtime_error(m.path + ": " + chunk_name(m, r, c) + " failed to inflate: " +
-                                 err + " (corrupt file?)");
+        throw std::runtime_error(m.path + ": " + chunk_name(m, r, c, slot) +
+                                 " failed to inflate: " + err + " (corrupt file?)");
     } else if (m.filters[i] == kFilterShuffle) {
       if (cur_size != nbytes)
-        throw std::runtime_error(m.path + ": " + chunk_name(m, r, c) + " has " +
+        throw std::runtime_error(m.path + ": " + chunk_name(m, r, c, slot) + " has " +
                                  std::to_string(cur_size) + " bytes before unshuffle, expected " +
                                  std::to_string(nbytes));
       unshuffle(cur, dst.data(), nbytes, 4);
@@ -101,14 +103,14 @@ const uint32_t* load_chunk(const ChunkedMatrix& m, const File& f, ChunkBuffers& 
     into_a = !into_a;
   }
   if (cur_size != nbytes)
-    throw std::runtime_error(m.path + ": " + chunk_name(m, r, c) + " holds " +
+    throw std::runtime_error(m.path + ": " + chunk_name(m, r, c, slot) + " holds " +
                              std::to_string(cur_size) + " bytes, expected " +
                              std::to_string(nbytes));
   return reinterpret_cast<const uint32_t*>(cur);
 }
 
 struct Task {
-  int64_t col;
+  int64_t col, slot;          // chunk column, its position in the index arrays
   std::vector<int64_t> rows;  // output rows whose sample lies in this chunk column
 };
 
@@ -128,6 +130,10 @@ std::vector<Task> plan_tasks(const ChunkedMatrix& m, const int64_t* samples, int
     for (size_t i = 0; i < rows.size(); i += static_cast<size_t>(max_group)) {
       Task t;
       t.col = kv.first;
+      t.slot = m.slot(t.col);
+      if (t.slot < 0)
+        throw std::invalid_argument("the chunk index does not hold chunk column " +
+                                    std::to_string(t.col));
       t.rows.assign(rows.begin() + i,
                     rows.begin() + std::min(rows.size(), i + static_cast<size_t>(max_group)));
       tasks.push_back(std::move(t));
@@ -145,12 +151,22 @@ void check_matrix(const ChunkedMatrix& m) {
   if (m.grid_rows != (m.n_genes + m.chunk_genes - 1) / m.chunk_genes ||
       m.grid_cols != (m.n_samples + m.chunk_samples - 1) / m.chunk_samples)
     throw std::invalid_argument("chunk grid does not match dataset and chunk shapes");
+  if (m.cols)
+    for (int64_t i = 0; i < m.n_cols; ++i)
+      if (m.cols[i] < 0 || m.cols[i] >= m.grid_cols || (i > 0 && m.cols[i] <= m.cols[i - 1]))
+        throw std::invalid_argument("index columns must be sorted, unique and in the grid");
   for (int f : m.filters)
     if (f != kFilterDeflate && f != kFilterShuffle)
       throw std::invalid_argument("unsupported HDF5 filter id " + std::to_string(f));
 }
 
 }  // namespace
+
+int64_t ChunkedMatrix::slot(int64_t c) const {
+  if (!cols) return (c >= 0 && c < grid_cols) ? c : -1;
+  const int64_t* p = std::lower_bound(cols, cols + n_cols, c);
+  return (p != cols + n_cols && *p == c) ? p - cols : -1;
+}
 
 void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
                     const NormSpec& spec, const ReadOptions& opt) {
@@ -195,7 +211,7 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     GroupAcc& ga = groups[wid];
     if (run) ga.reset(g);
     for (int64_t r = 0; r < m.grid_rows; ++r) {
-      const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col);
+      const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col, t.slot);
       const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
       if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
         for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
@@ -252,7 +268,8 @@ int64_t read_inflate_only(const ChunkedMatrix& m, const int64_t* samples, int64_
   std::vector<int64_t> bytes(threads, 0);
   parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
     for (int64_t r = 0; r < m.grid_rows; ++r)
-      if (load_chunk(m, f, bufs[wid], r, tasks[ti].col)) bytes[wid] += m.chunk_bytes();
+      if (load_chunk(m, f, bufs[wid], r, tasks[ti].col, tasks[ti].slot))
+        bytes[wid] += m.chunk_bytes();
   });
   int64_t total = 0;
   for (int64_t b : bytes) total += b;

@@ -24,8 +24,15 @@ struct ChunkedMatrix {
   const int64_t* offsets = nullptr;            // [grid_rows, grid_cols] byte offset, -1 = absent
   const int64_t* sizes = nullptr;              // [grid_rows, grid_cols] stored bytes
   const uint32_t* masks = nullptr;             // [grid_rows, grid_cols] filter masks
+  // A partial index: the arrays above hold only the chunk columns cols[0..n_cols) (sorted,
+  // unique), as [grid_rows, n_cols]; null = all grid_cols columns.
+  const int64_t* cols = nullptr;
+  int64_t n_cols = 0;
 
   int64_t chunk_bytes() const { return chunk_genes * chunk_samples * 4; }
+  int64_t stored_cols() const { return cols ? n_cols : grid_cols; }
+  // Position of chunk column c in the arrays, -1 when the index does not hold it.
+  int64_t slot(int64_t c) const;
 };
 
 struct ReadOptions {

@@ -117,7 +117,6 @@ class ARCHS4File:
                 f"has {self.n_samples} samples"
             )
         self._cache: dict[str, np.ndarray] = {}
-        self._index: _engine.ChunkIndex | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -396,15 +395,12 @@ class ARCHS4File:
     # ------------------------------------------------------------------ reads
     @property
     def chunk_index(self) -> _engine.ChunkIndex:
-        if self._index is None:
-            self._index = _engine.ChunkIndex.from_dataset(self.expression, self.transposed)
-        return self._index
+        """The full chunk index (cached per file by :func:`bulkformer.data.engine.chunk_index`)."""
+        return _engine.chunk_index(self.expression, transposed=self.transposed)
 
     def _read(self, samples, **kw):
-        idx = self.chunk_index if _engine.fast_path_problem(self.expression) is None else None
-        return _engine.read_matrix(
-            self.expression, samples, transposed=self.transposed, index=idx, **kw
-        )
+        # the engine indexes the chunk columns the request touches (cached per file)
+        return _engine.read_matrix(self.expression, samples, transposed=self.transposed, **kw)
 
     def read(
         self,

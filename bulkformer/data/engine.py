@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import h5py
@@ -21,7 +23,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "ChunkIndex", "EngineError", "fast_path_problem", "read_matrix", "inflate_only"]
+__all__ = [
+    "MODES",
+    "ChunkIndex",
+    "EngineError",
+    "chunk_index",
+    "clear_index_cache",
+    "fast_path_problem",
+    "read_matrix",
+    "inflate_only",
+]
 
 #: normalization modes understood by the engine
 MODES = {"counts": 0, "log1p_tpm": 1, "z": 2}
@@ -71,10 +82,21 @@ def fast_path_problem(ds: h5py.Dataset) -> str | None:
     return None
 
 
+def _header_addr(ds: h5py.Dataset) -> int:
+    """File address of the dataset's object header. (``h5o.get_info`` would also give it, but it
+    sizes the whole chunk index first: 40 ms for 68,000 chunks.)"""
+    lo, hi = h5py.h5g.get_objinfo(ds.id).objno
+    return int(lo) | (int(hi) << 64)
+
+
 @dataclass
 class ChunkIndex:
-    """Byte offsets, stored sizes and filter masks of every chunk, as a (rows, cols) grid over
-    the logical genes × samples axes (``transposed`` when storage is samples × genes)."""
+    """Byte offsets, stored sizes and filter masks of the chunks, as a (rows, cols) grid over
+    the logical genes × samples axes (``transposed`` when storage is samples × genes).
+
+    A partial index holds only the chunk columns ``cols`` (sorted): its arrays are
+    (rows, len(cols)). ``cols`` is None for a full index.
+    """
 
     path: str
     n_genes: int
@@ -86,9 +108,26 @@ class ChunkIndex:
     offsets: np.ndarray  # (R, C) int64, -1 where the chunk was never written
     sizes: np.ndarray  # (R, C) int64
     masks: np.ndarray  # (R, C) uint32
+    cols: np.ndarray | None = None  # (C,) int64 chunk columns held; None = all
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the whole chunk grid."""
+        return -(-self.n_genes // self.chunk_genes), -(-self.n_samples // self.chunk_samples)
+
+    def holds(self, cols: np.ndarray) -> bool:
+        """True when every chunk column in ``cols`` (sorted, unique) is in the index."""
+        if self.cols is None:
+            return True
+        if len(cols) == 0:
+            return True
+        if len(self.cols) == 0:
+            return False
+        pos = np.minimum(np.searchsorted(self.cols, cols), len(self.cols) - 1)
+        return bool(np.all(self.cols[pos] == cols))
 
     @classmethod
-    def from_dataset(cls, ds: h5py.Dataset, transposed: bool = False) -> ChunkIndex:
+    def _empty(cls, ds: h5py.Dataset, transposed: bool, cols: np.ndarray | None) -> ChunkIndex:
         if transposed:
             n_samples, n_genes = ds.shape
             cs, cg = ds.chunks
@@ -96,20 +135,7 @@ class ChunkIndex:
             n_genes, n_samples = ds.shape
             cg, cs = ds.chunks
         R, C = -(-n_genes // cg), -(-n_samples // cs)
-        offsets = np.full((R, C), -1, dtype=np.int64)
-        sizes = np.zeros((R, C), dtype=np.int64)
-        masks = np.zeros((R, C), dtype=np.uint32)
-        recs: list = []
-        ds.id.chunk_iter(
-            lambda ci: recs.append((*ci.chunk_offset, ci.byte_offset, ci.size, ci.filter_mask))
-        )
-        if recs:
-            a = np.array(recs, dtype=np.int64)
-            r0, r1 = (a[:, 1], a[:, 0]) if transposed else (a[:, 0], a[:, 1])
-            rr, cc = r0 // cg, r1 // cs
-            offsets[rr, cc] = a[:, 2]
-            sizes[rr, cc] = a[:, 3]
-            masks[rr, cc] = a[:, 4].astype(np.uint32)
+        K = C if cols is None else len(cols)
         return cls(
             path=os.fspath(ds.file.filename),
             n_genes=int(n_genes),
@@ -118,10 +144,74 @@ class ChunkIndex:
             chunk_samples=int(cs),
             transposed=transposed,
             filters=[fid for fid, _ in filters_of(ds)],
-            offsets=offsets,
-            sizes=sizes,
-            masks=masks,
+            offsets=np.full((R, K), -1, dtype=np.int64),
+            sizes=np.zeros((R, K), dtype=np.int64),
+            masks=np.zeros((R, K), dtype=np.uint32),
+            cols=None if cols is None else np.ascontiguousarray(cols, dtype=np.int64),
         )
+
+    def _place(self, r: np.ndarray, c: np.ndarray, off, size, mask) -> None:
+        k = c if self.cols is None else np.searchsorted(self.cols, c)
+        self.offsets[r, k] = off
+        self.sizes[r, k] = size
+        self.masks[r, k] = np.asarray(mask).astype(np.uint32)
+
+    @classmethod
+    def from_dataset(cls, ds: h5py.Dataset, transposed: bool = False) -> ChunkIndex:
+        """The full index from h5py's ``chunk_iter`` (every chunk, any chunk index type)."""
+        idx = cls._empty(ds, transposed, None)
+        recs: list = []
+        ds.id.chunk_iter(
+            lambda ci: recs.append((*ci.chunk_offset, ci.byte_offset, ci.size, ci.filter_mask))
+        )
+        if recs:
+            a = np.array(recs, dtype=np.int64)
+            r0, r1 = (a[:, 1], a[:, 0]) if transposed else (a[:, 0], a[:, 1])
+            idx._place(r0 // idx.chunk_genes, r1 // idx.chunk_samples, a[:, 2], a[:, 3], a[:, 4])
+        return idx
+
+    @classmethod
+    def from_btree(
+        cls, ds: h5py.Dataset, transposed: bool = False, cols: np.ndarray | None = None
+    ) -> ChunkIndex | None:
+        """The index read by the C++ B-tree reader (``_C.chunk_btree``): all chunk columns, or
+        only ``cols`` (sorted, unique chunk columns), visiting only the B-tree nodes that can
+        hold them. None when the file's chunk index is not a version-1 B-tree (or the reader
+        finds it inconsistent); use :meth:`from_dataset` then."""
+        idx = cls._empty(ds, transposed, cols)
+        R, C = idx.grid
+        want = None
+        if cols is not None:
+            rows = np.arange(R, dtype=np.int64)
+            # linear chunk id in storage order: genes × samples → r * C + c, else c * R + r
+            want = (
+                (idx.cols[:, None] * R + rows).ravel()
+                if transposed
+                else (rows[:, None] * C + idx.cols).ravel()
+            )
+            want = np.sort(want)
+        try:
+            res = _C().chunk_btree(
+                idx.path,
+                _header_addr(ds),
+                list(ds.shape),
+                list(ds.chunks),
+                ds.dtype.itemsize,
+                want,
+            )
+        except (RuntimeError, ValueError) as e:
+            log.warning("%s: chunk B-tree not read (%s): using h5py's chunk_iter", idx.path, e)
+            return None
+        if isinstance(res, str):
+            log.debug("%s: chunk B-tree reader: %s: using h5py's chunk_iter", idx.path, res)
+            return None
+        lin, addr, size, mask, _nodes = res
+        if transposed:
+            c, r = np.divmod(lin, R)
+        else:
+            r, c = np.divmod(lin, C)
+        idx._place(r, c, addr, size, mask)
+        return idx
 
     def _kw(self) -> dict:
         return dict(
@@ -135,7 +225,88 @@ class ChunkIndex:
             offsets=self.offsets,
             sizes=self.sizes,
             masks=self.masks,
+            cols=self.cols,
         )
+
+
+#: a request touching at most this fraction of the chunk columns reads only their part of the
+#: chunk B-tree (see benches/chunk_sweep.py --index); larger ones read the whole index once
+LAZY_INDEX_FRACTION = 0.25
+_CACHE_FILES = 16
+_cache: OrderedDict = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _stamp(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _merge(a: ChunkIndex, b: ChunkIndex) -> ChunkIndex:
+    """Union of two partial indexes of one dataset."""
+    cols = np.union1d(a.cols, b.cols)
+    out = ChunkIndex(**{**a.__dict__, "cols": cols})
+    R = a.offsets.shape[0]
+    out.offsets = np.empty((R, len(cols)), np.int64)
+    out.sizes = np.empty((R, len(cols)), np.int64)
+    out.masks = np.empty((R, len(cols)), np.uint32)
+    for part in (a, b):
+        k = np.searchsorted(cols, part.cols)
+        out.offsets[:, k], out.sizes[:, k], out.masks[:, k] = part.offsets, part.sizes, part.masks
+    return out
+
+
+def chunk_index(
+    ds: h5py.Dataset, samples: np.ndarray | None = None, transposed: bool = False
+) -> ChunkIndex:
+    """The chunk index for reading ``samples`` of ``ds`` (all when None), cached per file.
+
+    The cache (in memory, a few files) is keyed by the file's path, size, modification time
+    and inode, so a rewritten file is indexed again. A request that touches at most
+    :data:`LAZY_INDEX_FRACTION` of the chunk columns reads only the B-tree nodes of those
+    columns (and adds them to the cached partial index); a larger one reads the whole index.
+    Files whose chunk index is not a version-1 B-tree are indexed by h5py's ``chunk_iter``.
+    """
+    path = os.path.realpath(os.fspath(ds.file.filename))
+    key = (path, ds.name, bool(transposed))
+    stamp = _stamp(path)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] != stamp:
+            del _cache[key]
+            hit = None
+        if hit is not None:
+            _cache.move_to_end(key)
+    cached: ChunkIndex | None = None if hit is None else hit[1]
+    cs = ds.chunks[0] if transposed else ds.chunks[1]
+    n_cols = -(-(ds.shape[0] if transposed else ds.shape[1]) // cs)
+    need = None
+    if samples is not None:
+        need = np.unique(np.asarray(samples, dtype=np.int64) // cs)
+    if cached is not None and (cached.cols is None or (need is not None and cached.holds(need))):
+        return cached
+    idx = None
+    if need is not None:
+        have = 0 if cached is None or cached.cols is None else len(cached.cols)
+        missing = need if cached is None else np.setdiff1d(need, cached.cols, assume_unique=True)
+        if have + len(missing) <= LAZY_INDEX_FRACTION * n_cols:
+            part = ChunkIndex.from_btree(ds, transposed, missing)
+            if part is not None:
+                idx = part if cached is None else _merge(cached, part)
+    if idx is None:
+        idx = ChunkIndex.from_btree(ds, transposed) or ChunkIndex.from_dataset(ds, transposed)
+    with _cache_lock:
+        _cache[key] = (stamp, idx)
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_FILES:
+            _cache.popitem(last=False)
+    return idx
+
+
+def clear_index_cache() -> None:
+    """Forget every cached chunk index."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def _threads(threads: int | None) -> int:
@@ -260,7 +431,7 @@ def read_matrix(
         _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total)
         return out, nonzero, total
     if index is None:
-        index = ChunkIndex.from_dataset(ds, transposed)
+        index = chunk_index(ds, samples, transposed)
     try:
         C.read_normalize(
             **index._kw(),
@@ -316,7 +487,12 @@ def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
 
 
 def inflate_only(
-    ds: h5py.Dataset, samples: np.ndarray, *, transposed: bool = False, threads: int | None = None
+    ds: h5py.Dataset,
+    samples: np.ndarray,
+    *,
+    transposed: bool = False,
+    threads: int | None = None,
+    index: ChunkIndex | None = None,
 ) -> int:
     """Decode every chunk the request touches and do nothing else; returns decoded bytes.
 
@@ -325,12 +501,10 @@ def inflate_only(
     problem = fast_path_problem(ds)
     if problem:
         raise ValueError(f"{ds.file.filename}: the C++ engine cannot read {ds.name}: {problem}")
-    index = ChunkIndex.from_dataset(ds, transposed)
+    samples = np.ascontiguousarray(samples, dtype=np.int64)
+    if index is None:
+        index = chunk_index(ds, samples, transposed)
     try:
-        return _C().inflate_only(
-            **index._kw(),
-            samples=np.ascontiguousarray(samples, dtype=np.int64),
-            threads=_threads(threads),
-        )
+        return _C().inflate_only(**index._kw(), samples=samples, threads=_threads(threads))
     except RuntimeError as e:
         raise EngineError(str(e)) from None
