@@ -13,7 +13,8 @@ namespace bulkformer {
 constexpr int kFilterDeflate = 1;
 constexpr int kFilterShuffle = 2;
 
-// Per-thread decompressor state (a libdeflate decompressor, or nothing for zlib).
+// Per-thread decompressor state (a libdeflate decompressor, or a zlib stream that is reset,
+// not reallocated, between chunks).
 class Inflater {
  public:
   Inflater();
@@ -27,6 +28,7 @@ class Inflater {
 
  private:
   void* impl_ = nullptr;
+  void* zs_ = nullptr;  // z_stream, created on first use
 };
 
 // Undoes HDF5's byte shuffle for elements of `elem_size` bytes (trailing bytes that do not form

@@ -29,6 +29,16 @@ NormPlan::NormPlan(const NormSpec& s) : spec(s) {
     }
     if (col >= 0 && (ok || s.mode == Mode::kCounts)) covered[col] = 1;
   }
+  {
+    std::vector<uint8_t> hits(s.n_out, 0);
+    injective = true;
+    identity = static_cast<int64_t>(mapped_col.size()) == s.n_out;
+    for (size_t m = 0; m < mapped_col.size(); ++m) {
+      injective = injective && !hits[mapped_col[m]];
+      hits[mapped_col[m]] = 1;
+      identity = identity && mapped_col[m] == static_cast<int32_t>(m);
+    }
+  }
   if (s.mode == Mode::kZScore) {
     zmean.resize(s.n_out);
     zinv.resize(s.n_out);
@@ -260,6 +270,12 @@ void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, co
     const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
     const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
     float* vals = acc.vals + (lo - mg);
+    if constexpr (std::is_same<T, uint32_t>::value) {
+      if (stride == 1 && hi - lo == g1 - g0) {  // every gene of the piece is mapped
+        scale_u32_row(src, inv + g0, vals, g1 - g0);
+        lo = hi;
+      }
+    }
     for (const int64_t* it = lo; it < hi; ++it, ++vals) {
       const int64_t gg = *it;
       *vals = static_cast<float>(src[(gg - g0) * stride]) * inv[gg];
@@ -451,11 +467,19 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats
   const double denom = (acc.denom4[0] + acc.denom4[1]) + (acc.denom4[2] + acc.denom4[3]);
   const float scale = denom > 0 ? static_cast<float>(1e6 / denom) : 0.0f;
   float* v = rowbuf;
-  // scatter C/L to output columns (duplicates summed in gene order, on every path)
-  std::memset(v, 0, sizeof(float) * n);
   const int32_t* mc = plan.mapped_col.data();
   const int64_t nm = plan.n_mapped();
-  for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
+  if (plan.identity) {
+    v = acc.vals;  // output column m is mapped gene m: work in the sample's value row itself
+  } else if (plan.injective) {
+    // every covered column receives exactly one value (0 + x == x: same bits as the sum);
+    // columns no gene reaches are zeroed by log1p_row, whatever the buffer held
+    for (int64_t m = 0; m < nm; ++m) v[mc[m]] = acc.vals[m];
+  } else {
+    // scatter C/L to output columns (duplicates summed in gene order, on every path)
+    std::memset(v, 0, sizeof(float) * n);
+    for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
+  }
   log1p_row(v, plan.covered.data(), n, scale);  // log1p(TPM) in place
   if (stats) {
     stats->count += 1.0;
@@ -469,10 +493,14 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats
       m2[c] += d * (x - mu[c]);
     }
   }
-  if (s.mode == Mode::kZScore) {
-    const float* zm = plan.zmean.data();
-    const float* zi = plan.zinv.data();
-    for (int64_t c = 0; c < n; ++c) v[c] = (v[c] - zm[c]) * zi[c];
+  if (s.mode == Mode::kZScore) {  // z straight into the output row
+    if (s.out_type == OutType::kF32)
+      z_row(v, plan.zmean.data(), plan.zinv.data(), static_cast<float*>(s.out) +
+            row * s.out_row_stride, n);
+    else if (s.out_type == OutType::kF16)
+      z_f16_row(v, plan.zmean.data(), plan.zinv.data(), static_cast<uint16_t*>(s.out) +
+                row * s.out_row_stride, n);
+    return;
   }
   if (s.out_type == OutType::kF32) {
     std::memcpy(static_cast<float*>(s.out) + row * s.out_row_stride, v, sizeof(float) * n);

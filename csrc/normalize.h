@@ -43,6 +43,8 @@ struct NormPlan {
   std::vector<int64_t> mapped_gene;  // source genes with an output column and a length (sorted)
   std::vector<int32_t> mapped_col;   // their output columns
   std::vector<uint8_t> covered;     // [n_out]
+  bool injective = false;           // no output column receives two mapped genes
+  bool identity = false;            // mapped_col[m] == m for every m, and n_mapped == n_out
   std::vector<float> zmean, zinv;   // [n_out] z = (v - zmean) * zinv, zinv = 0 where std bad
   bool needs_values() const;        // log1p/z values are computed (out or stats requested)
   int64_t n_mapped() const { return static_cast<int64_t>(mapped_gene.size()); }
