@@ -170,7 +170,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("nonzero") = py::none(), py::arg("total") = py::none(),
       py::arg("mean") = py::none(), py::arg("std") = py::none(), py::arg("stats") = py::none(),
       py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
-      py::arg("max_scratch_bytes") = int64_t{256} << 20, py::arg("cols") = py::none(),
+      py::arg("max_scratch_bytes") = int64_t{288} << 20, py::arg("cols") = py::none(),
       "Read samples from a chunked genes x samples uint32 HDF5 dataset and normalize them.");
 
   m.def(
@@ -193,6 +193,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("sizes"), py::arg("masks"), py::arg("samples"), py::arg("threads") = 0,
       py::arg("cols") = py::none(),
       "Decode every chunk a request touches and nothing else (the inflate ceiling).");
+
+  m.def("release_scratch", &release_scratch,
+        "Free the per-sample value buffers read_normalize keeps between calls (<= 512 MiB).");
 
   m.def(
       "chunk_btree",

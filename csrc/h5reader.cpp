@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include "inflate.h"
@@ -127,15 +128,18 @@ std::vector<Task> plan_tasks(const ChunkedMatrix& m, const int64_t* samples, int
   std::vector<Task> tasks;
   for (auto& kv : by_col) {
     auto& rows = kv.second;
-    for (size_t i = 0; i < rows.size(); i += static_cast<size_t>(max_group)) {
+    // groups of equal size (not max_group and a small remainder, which would inflate the
+    // whole column again for a few samples)
+    const size_t n_groups = (rows.size() + max_group - 1) / static_cast<size_t>(max_group);
+    const size_t step = (rows.size() + n_groups - 1) / n_groups;
+    for (size_t i = 0; i < rows.size(); i += step) {
       Task t;
       t.col = kv.first;
       t.slot = m.slot(t.col);
       if (t.slot < 0)
         throw std::invalid_argument("the chunk index does not hold chunk column " +
                                     std::to_string(t.col));
-      t.rows.assign(rows.begin() + i,
-                    rows.begin() + std::min(rows.size(), i + static_cast<size_t>(max_group)));
+      t.rows.assign(rows.begin() + i, rows.begin() + std::min(rows.size(), i + step));
       tasks.push_back(std::move(t));
     }
   }
@@ -160,7 +164,36 @@ void check_matrix(const ChunkedMatrix& m) {
       throw std::invalid_argument("unsupported HDF5 filter id " + std::to_string(f));
 }
 
+// Per-sample value buffers outlive a call, up to kPoolBytes in all: for wide chunk columns
+// they are large (1,000 samples × 67,186 genes = 268 MB), and on VMs the first touch of fresh
+// pages costs more than the work done in them.
+constexpr size_t kPoolBytes = size_t{512} << 20;
+std::mutex pool_mu;
+std::vector<std::vector<float>> pool;
+
+std::vector<float> take_scratch() {
+  std::lock_guard<std::mutex> lk(pool_mu);
+  if (pool.empty()) return {};
+  std::vector<float> v = std::move(pool.back());
+  pool.pop_back();
+  return v;
+}
+
+void keep_scratch(std::vector<float>&& v) {
+  std::lock_guard<std::mutex> lk(pool_mu);
+  size_t held = 0;
+  for (const auto& b : pool) held += b.capacity() * sizeof(float);
+  if (v.capacity() && held + v.capacity() * sizeof(float) <= kPoolBytes)
+    pool.push_back(std::move(v));
+}
+
 }  // namespace
+
+void release_scratch() {
+  std::lock_guard<std::mutex> lk(pool_mu);
+  pool.clear();
+  pool.shrink_to_fit();
+}
 
 int64_t ChunkedMatrix::slot(int64_t c) const {
   if (!cols) return (c >= 0 && c < grid_cols) ? c : -1;
@@ -183,6 +216,14 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   File f(m.path);
   std::vector<ChunkBuffers> bufs(threads);
   std::vector<std::vector<float>> scr(threads), rowbuf(threads);
+  if (values)
+    for (auto& b : scr) b = take_scratch();
+  struct Keep {  // hands the value buffers back to the pool, also when a worker threw
+    std::vector<std::vector<float>>& s;
+    ~Keep() {
+      for (auto& b : s) keep_scratch(std::move(b));
+    }
+  } keep{scr};
   std::vector<std::vector<uint32_t>> tbuf(threads);
   if (values)
     for (auto& rb : rowbuf) rb.assign(spec.n_out, 0.0f);
@@ -200,7 +241,8 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     std::vector<SampleAcc> accs(g);
     std::vector<int64_t> local(g);
     for (int64_t k = 0; k < g; ++k) local[k] = samples[t.rows[k]] - t.col * m.chunk_samples;
-    if (values) scr[wid].resize(static_cast<size_t>(g * row_len));
+    if (values && scr[wid].size() < static_cast<size_t>(g * row_len))
+      scr[wid].resize(static_cast<size_t>(g * row_len));
     for (int64_t k = 0; k < g; ++k)
       begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
     // Gene-major chunks whose requested samples are one contiguous run (the usual case: whole

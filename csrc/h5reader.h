@@ -37,12 +37,15 @@ struct ChunkedMatrix {
 
 struct ReadOptions {
   int threads = 0;                          // 0 = all cores
-  int64_t max_scratch_bytes = 256 << 20;    // per thread; bounds memory for wide chunks
+  int64_t max_scratch_bytes = 288 << 20;    // per thread; bounds memory for wide chunks
 };
 
 // Normalizes samples[0..n) (logical column indices) into spec's output rows 0..n.
 void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
                     const NormSpec& spec, const ReadOptions& opt);
+
+// Frees the per-sample value buffers read_normalize keeps between calls (up to 512 MiB).
+void release_scratch();
 
 // Inflate ceiling: reads and decodes every chunk the request touches, once, doing nothing else.
 // Returns the number of decoded bytes.

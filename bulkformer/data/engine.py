@@ -334,7 +334,7 @@ def read_matrix(
     threads: int | None = None,
     engine: str = "auto",
     index: ChunkIndex | None = None,
-    max_scratch_bytes: int = 256 << 20,
+    max_scratch_bytes: int = 288 << 20,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Read and normalize samples of a genes × samples count dataset.
 
