@@ -11,7 +11,11 @@ reference, as the corpus writer does:
 (b) h5py block reads + vectorized numpy normalization;
 (c) our engine at 1 thread and at all threads, writing into a reused (already faulted-in)
     output buffer; at 1 thread also into a fresh one (first-touch page faults included);
-(d) the inflate ceiling: the same chunks decoded in C++, nothing else.
+(d) the inflate ceiling: the same chunks decoded in C++, nothing else;
+(e) full-width output (all 67,186 genes, the first 2,000 samples): engine vs inflate and h5py;
+(f) 200 random samples in a fresh process, open and index time included (chunk_sweep.py).
+
+A third layout, short chunks (2000 × 1), uses a 2,000-sample file.
 
 A summary table with the ratios and the targets is printed at the end and written to
 ``benches/results_archs4.json``.
@@ -36,8 +40,11 @@ from bulkformer.data.synthetic import make_archs4
 N_GENES = int(os.environ.get("BULKFORMER_BENCH_GENES", 67_186))
 N_SAMPLES = int(os.environ.get("BULKFORMER_BENCH_SAMPLES", 10_000))
 N_REF = min(20_010, N_GENES)
-SHAPES = {"narrow": (8192, 8), "wide": (512, 1000)}
-N_ARCHS4PY = {"narrow": 200, "wide": 16}  # archs4py is slow: time a subset, report samples/s
+SHAPES = {"narrow": (8192, 8), "wide": (512, 1000), "short": (2000, 1)}
+# short chunks (2000 genes × 1 sample) make a file 2.5× larger per sample: fewer samples
+SHAPE_SAMPLES = {"short": min(N_SAMPLES, 2000)}
+N_ARCHS4PY = {"narrow": 200, "wide": 16, "short": 16}  # archs4py is slow: time a subset
+N_FULL = 2000  # samples read at full width (all genes): the output is 134 MB per 1,000
 THREADS = os.cpu_count() or 1
 RESULTS: dict = {}
 
@@ -46,14 +53,15 @@ RESULTS: dict = {}
 def bench(request, bench_cache):
     shape = request.param
     cg, cs = SHAPES[shape]
-    path = bench_cache / f"archs4_{N_GENES}x{N_SAMPLES}_{cg}x{cs}.h5"
+    n_samples = SHAPE_SAMPLES.get(shape, N_SAMPLES)
+    path = bench_cache / f"archs4_{N_GENES}x{n_samples}_{cg}x{cs}.h5"
     if not path.exists():
         t = time.perf_counter()
         make_archs4(
             path,
             N_GENES,
-            N_SAMPLES,
-            chunks=(min(cg, N_GENES), min(cs, N_SAMPLES)),
+            n_samples,
+            chunks=(min(cg, N_GENES), min(cs, n_samples)),
             compression_opts=4,
             seed=0,
             low_quality_fraction=0.0,
@@ -64,7 +72,15 @@ def bench(request, bench_cache):
     gene_map = np.full(N_GENES, -1, dtype=np.int64)
     gene_map[r.choice(N_GENES, N_REF, replace=False)] = np.arange(N_REF)
     mean, std = r.normal(1, 0.5, N_REF), r.uniform(0.5, 2, N_REF)
-    return dict(shape=shape, path=str(path), lengths=lengths, gene_map=gene_map, mean=mean, std=std)
+    return dict(
+        shape=shape,
+        path=str(path),
+        n=n_samples,
+        lengths=lengths,
+        gene_map=gene_map,
+        mean=mean,
+        std=std,
+    )
 
 
 def _record(shape, name, n, seconds, **extra):
@@ -80,26 +96,26 @@ def _run(benchmark, fn, rounds=1):
 
 def test_a_archs4py(benchmark, bench):
     archs4py = pytest.importorskip("archs4py")
-    n = min(N_ARCHS4PY[bench["shape"]], N_SAMPLES)
-    idx = list(np.linspace(0, N_SAMPLES - 1, n).astype(int))
+    n = min(N_ARCHS4PY[bench["shape"]], bench["n"])
+    idx = list(np.linspace(0, bench["n"] - 1, n).astype(int))
     secs = _run(benchmark, lambda: archs4py.data.index(bench["path"], idx, silent=True))
     _record(bench["shape"], "a_archs4py", n, secs)
 
 
-def _numpy_normalize(counts_gs, b):
-    """Vectorized numpy: (genes, n) counts → (n, G_ref) float16 z-scores."""
+def _numpy_normalize(counts_gs, b, n_out=N_REF):
+    """Vectorized numpy: (genes, n) counts → (n, n_out) float16 z-scores."""
     L = b["lengths"]
     rate = counts_gs.astype(np.float64) / L[:, None]
     scale = 1e6 / np.maximum(rate.sum(axis=0), 1e-300)
     src = np.flatnonzero(b["gene_map"] >= 0)
     cols = b["gene_map"][src]
-    v = np.empty((counts_gs.shape[1], N_REF))
+    v = np.empty((counts_gs.shape[1], n_out))
     v[:, cols] = np.log1p(rate[src] * scale).T
     return ((v - b["mean"]) / b["std"]).astype(np.float16)
 
 
 def test_b_h5py_numpy(benchmark, bench):
-    n = N_SAMPLES
+    n = bench["n"]
     out = np.empty((n, N_REF), np.float16)
     cs = SHAPES[bench["shape"]][1]
     block = max(cs, 256 // cs * cs) if cs < 256 else cs
@@ -124,7 +140,7 @@ def test_c_engine(benchmark, bench, threads, out_buffer):
     kernel's first touch of its pages (400 MB here)."""
     if out_buffer == "fresh" and threads != 1:
         pytest.skip("fresh-buffer cost is recorded at 1 thread")
-    n = N_SAMPLES
+    n = bench["n"]
     out = np.empty((n, N_REF), np.float16)
     if out_buffer == "reused":
         out.fill(0)
@@ -153,11 +169,50 @@ def test_c_engine(benchmark, bench, threads, out_buffer):
 
 @pytest.mark.parametrize("threads", [1, THREADS])
 def test_d_inflate_ceiling(benchmark, bench, threads):
-    n = N_SAMPLES
+    n = bench["n"]
     with h5py.File(bench["path"]) as f:
         ds = f["data/expression"]
         secs = _run(benchmark, lambda: engine.inflate_only(ds, np.arange(n), threads=threads))
     _record(bench["shape"], f"d_inflate_{threads}t", n, secs)
+
+
+@pytest.mark.parametrize("threads", [1, THREADS])
+def test_e_full_width(benchmark, bench, threads):
+    """All genes of the file (no reference subset), the first N_FULL samples: engine vs the
+    inflate ceiling of the same chunks (1 thread) and vs h5py + numpy (all threads)."""
+    n = min(N_FULL, bench["n"])
+    s = np.arange(n)
+    out = np.zeros((n, N_GENES), np.float16)
+    mean, std = np.zeros(N_GENES), np.ones(N_GENES)
+    with h5py.File(bench["path"]) as f:
+        ds = f["data/expression"]
+        idx = engine.chunk_index(ds, s)
+        kw = dict(mode="z", lengths=bench["lengths"], mean=mean, std=std, out=out, index=idx)
+        secs = _run(benchmark, lambda: engine.read_matrix(ds, s, threads=threads, **kw), rounds=2)
+        _record(bench["shape"], f"e_full_width_engine_{threads}t", n, secs)
+        if threads == 1:
+            t = time.perf_counter()
+            engine.inflate_only(ds, s, threads=1, index=idx)
+            _record(bench["shape"], "e_full_width_inflate_1t", n, time.perf_counter() - t)
+        else:
+            cs = SHAPES[bench["shape"]][1]
+            block = max(cs, 256 // cs * cs) if cs < 256 else cs
+            b = dict(bench, gene_map=np.arange(N_GENES), mean=mean, std=std)
+            t = time.perf_counter()
+            for lo in range(0, n, block):
+                hi = min(n, lo + block)
+                out[lo:hi] = _numpy_normalize(ds[:, lo:hi], b, N_GENES)
+            _record(bench["shape"], "e_full_width_h5py_numpy", n, time.perf_counter() - t)
+
+
+def test_f_random_subset_fresh_process(bench):
+    """200 random samples, all genes, each side in a fresh process, timed from opening the file
+    (index and open time included): see benches/chunk_sweep.py (workload ``random``)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import chunk_sweep
+
+    r = chunk_sweep.run_random(Path(bench["path"]), reps=2)
+    RESULTS.setdefault(bench["shape"], {})["f_random_fresh"] = r
 
 
 _RSS_SCRIPT = r"""
@@ -204,13 +259,26 @@ def test_zz_summary(bench):
     r = RESULTS.get(bench["shape"], {})
     if "c_engine_1t" not in r:
         pytest.skip("benchmarks did not run (use --benchmark-enable)")
-    sps = {k: v["samples_per_s"] for k, v in r.items() if isinstance(v, dict)}
+    sps = {
+        k: v["samples_per_s"] for k, v in r.items() if isinstance(v, dict) and "samples_per_s" in v
+    }
     T = THREADS
     checks = {
         f"engine {T}t / h5py+numpy >= 3": sps[f"c_engine_{T}t"] / sps["b_h5py_numpy"],
         "engine 1t / inflate 1t >= 0.7": sps["c_engine_1t"] / sps["d_inflate_1t"],
         f"engine {T}t / engine 1t >= 1.7": sps[f"c_engine_{T}t"] / sps["c_engine_1t"],
     }
+    if "e_full_width_engine_1t" in sps:
+        checks["full width: engine 1t / inflate 1t >= 0.7"] = (
+            sps["e_full_width_engine_1t"] / sps["e_full_width_inflate_1t"]
+        )
+        checks[f"full width: engine {T}t / h5py+numpy >= 3"] = (
+            sps[f"e_full_width_engine_{T}t"] / sps["e_full_width_h5py_numpy"]
+        )
+    fr = r.get("f_random_fresh")
+    if fr:
+        checks[f"random 200, fresh: engine {T}t / h5py+numpy >= 3"] = fr[f"ratio_{T}t_h5py"]
+        checks["random 200, fresh: engine 1t / inflate 1t >= 0.7 (CPU)"] = fr["ratio_1t_inflate"]
     if "a_archs4py" in sps:
         checks[f"engine {T}t / archs4py (wide: >= 50)"] = sps[f"c_engine_{T}t"] / sps["a_archs4py"]
     r["ratios"] = checks
@@ -219,7 +287,7 @@ def test_zz_summary(bench):
     r["inflate_backend"] = _C.inflate_backend()
     lines = [
         f"\n== {bench['shape']} chunks {SHAPES[bench['shape']]} "
-        f"({N_GENES} genes x {N_SAMPLES} samples, {_C.inflate_backend()}) =="
+        f"({N_GENES} genes x {bench['n']} samples, {_C.inflate_backend()}) =="
     ]
     for k, v in sps.items():
         lines.append(f"  {k:26s} {v:10.1f} samples/s")
