@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .._device import resolve_device
+
 __all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "resolve_device"]
 
 log = logging.getLogger(__name__)
@@ -35,20 +37,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world > 1
-
-
-def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    """``"auto"`` (or None) → ``cuda:<local_rank>`` when CUDA is available, else CPU; ``"cuda"`` →
-    ``cuda:<local_rank>``; anything else as given."""
-    if isinstance(device, torch.device):
-        return device
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(device)
 
 
 def setup_distributed(device: str | torch.device = "auto") -> DistInfo:
