@@ -20,7 +20,6 @@ reproduces the loss curve of an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -45,6 +44,7 @@ from . import checkpoint as ckpt
 from .data import BatchLoader, BlockOrder, Masker
 from .distributed import DistInfo, setup_distributed, teardown_distributed
 from .monitor import MetricsLog, plot_loss_curve
+from .options import PretrainOptions, lr_at
 
 __all__ = [
     "PretrainOptions",
@@ -65,85 +65,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped before that update."""
 
 
-@dataclass(frozen=True)
-class PretrainOptions:
-    """Options of :func:`pretrain` (the CLI flags of ``bulkformer pretrain``)."""
-
-    steps: int = 1000  # optimizer steps in total (a resumed run continues up to this)
-    batch_size: int = 8  # samples per rank per micro-batch (global batch = × world × accum)
-    lr: float = 1e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio at the last step
-    warmup: float = 0.05  # warmup steps: a fraction of `steps` when < 1, else a step count
-    weight_decay: float = 0.05  # AdamW decoupled weight decay (matrices only)
-    betas: tuple[float, float] = (0.9, 0.95)
-    accum: int = 1  # micro-batches per optimizer step
-    clip: float = 1.0  # gradient-norm clip (0: off; the norm is still logged)
-    mask_fraction: float = 0.15  # share of observed genes masked per sample
-    contrastive_weight: float = 0.0  # weight of the two-view InfoNCE term (0: off)
-    contrastive_temperature: float = 0.1
-    val_every: int = 200  # validate every N steps (and at the end; 0: only at the end)
-    val_max_samples: int = 0  # cap the validation rows (0: the whole val split)
-    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
-    keep_last: int = 3  # checkpoints kept (0: all)
-    log_every: int = 10  # training rows in metrics.csv every N steps
-    seed: int = 0
-    workers: int = 2  # reader threads of the data loader
-    threads: int = 0  # torch intra-op CPU threads (0: leave torch's setting)
-    prefetch: int = 4  # batches read ahead
-    block_rows: int = 1024  # rows per shuffle block
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    compile: bool = False  # torch.compile the model
-    checkpointing: bool = False  # activation checkpointing (overrides the config's flag)
-    distributed: str = "auto"  # "auto" (= ddp under torchrun) | "ddp" | "fsdp"
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    force: bool = False  # resume even if the run's settings changed; overwrite an old run
-    progress: bool = True  # tqdm progress bar (rank 0)
-    tensorboard: bool | None = None  # None: when installed
-    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU (0: $BULKFORMER_PEAK_FLOPS or H100)
-
-    # options that change the trajectory: a resume with any of them changed is refused
-    TRAJECTORY = (
-        "steps",
-        "batch_size",
-        "lr",
-        "min_lr_ratio",
-        "warmup",
-        "weight_decay",
-        "betas",
-        "accum",
-        "clip",
-        "mask_fraction",
-        "contrastive_weight",
-        "contrastive_temperature",
-        "seed",
-        "block_rows",
-        "precision",
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "accum"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"pretrain: {name} must be a positive integer, got {v!r}")
-        if not 0.0 < self.mask_fraction < 1.0:
-            raise ValueError(f"pretrain: mask_fraction must be in (0, 1), got {self.mask_fraction}")
-        if self.lr <= 0 or self.warmup < 0 or self.contrastive_weight < 0:
-            raise ValueError("pretrain: lr must be > 0, warmup and contrastive_weight >= 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"pretrain: precision must be auto|bf16|fp32, got {self.precision!r}")
-        if self.distributed not in ("auto", "ddp", "fsdp"):
-            raise ValueError(
-                f"pretrain: distributed must be auto|ddp|fsdp, got {self.distributed!r}"
-            )
-
-    def warmup_steps(self) -> int:
-        return int(round(self.warmup * self.steps)) if self.warmup < 1 else int(self.warmup)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
 @dataclass
 class PretrainResult:
     """What :func:`pretrain` returns (on every rank; paths are written by rank 0)."""
@@ -159,17 +80,6 @@ class PretrainResult:
     metrics: Path  # metrics.csv
     config: BulkFormerConfig = None  # type: ignore[assignment]
     history: list = field(default_factory=list)  # the val rows of metrics.csv
-
-
-def lr_at(step: int, opts: PretrainOptions) -> float:
-    """Learning-rate multiplier (of ``opts.lr``) at optimizer step ``step`` (0-based): linear
-    warmup over ``warmup_steps`` then cosine from 1 to ``min_lr_ratio`` at the last step."""
-    w = opts.warmup_steps()
-    if step < w:
-        return (step + 1) / w
-    span = max(1, opts.steps - w - 1)
-    t = min(1.0, (step - w) / span)
-    return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # ====================================================================== set-up helpers
@@ -644,7 +554,7 @@ class _Run:
         tokens_per_step = (
             self.global_batch * opts.accum * G * (2 if opts.contrastive_weight > 0 else 1)
         )
-        peak = opts.peak_flops or float(os.environ.get("BULKFORMER_PEAK_FLOPS", 989e12))
+        peak = opts.peak_flops
         t_start = time.perf_counter()
         t_win, steps_win, loss_win = time.perf_counter(), 0, []
         val_mse = val_base = None
