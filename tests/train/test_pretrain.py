@@ -27,7 +27,6 @@ from bulkformer.train import (
     load_checkpoint,
     pretrain,
 )
-from bulkformer.train.checkpoint import _SLEEP_ENV
 from bulkformer.train.monitor import read_metrics
 
 
@@ -127,16 +126,30 @@ def test_two_processes_equal_one_process_with_doubled_batch(
 
 
 # --------------------------------------------------------------------------- kill and resume
+#: ``bulkformer`` whose torch.save sleeps after writing checkpoint 6's state.pt (before the
+#: rename), so that the test can kill it mid-write
+SLEEP_IN_CHECKPOINT_6 = """
+import sys, time, torch
+from bulkformer.cli import main
+save = torch.save
+def slow_save(obj, f, *args, **kwargs):
+    save(obj, f, *args, **kwargs)
+    if ".tmp-step-00000006-" in str(getattr(f, "name", f)):
+        f.flush()
+        time.sleep(120)
+torch.save = slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64, tmp_path):
     opts = dict(FAST, steps=8, ckpt_every=2, keep_last=0, seed=3)
     ref = pretrain(corpus64, tmp_path / "ref", **opts)
 
     run = tmp_path / "killed"
-    cmd = [PY, "-m", "bulkformer.cli", "pretrain", "--corpus", str(corpus64.path)]
+    cmd = [PY, "-c", SLEEP_IN_CHECKPOINT_6, "pretrain", "--corpus", str(corpus64.path)]
     cmd += ["--out", str(run)] + fast_cli_args(**opts)
-    proc = subprocess.Popen(
-        cmd, env=subprocess_env(**{_SLEEP_ENV: "6:120"}), stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until checkpoint 6 is half written
