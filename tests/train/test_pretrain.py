@@ -160,6 +160,8 @@ def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64
             time.sleep(0.05)
         else:
             pytest.fail("checkpoint 6 was never started")
+        time.sleep(0.5)
+        assert tmps[0].exists()  # held open by the slowed torch.save, not just caught by luck
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
