@@ -526,14 +526,7 @@ class _Run:
         nce = all_reduce(sums[2:3].clone(), info).item() / info.world
         total = mse + opts.contrastive_weight * nce
         gnf = float(gn)
-        if not (math.isfinite(total) and math.isfinite(gnf)):
-            where = self.last_ckpt or "none written yet"
-            raise NonFiniteLossError(
-                f"non-finite training loss at step {self.step + 1} (loss {total}, grad norm "
-                f"{gnf}; epoch {batch.epoch}, batch {batch.index}, rows "
-                f"{batch.rows.tolist()[:8]}): stopped before the update. Last good "
-                f"checkpoint: {where}. Check the corpus rows for NaN/inf, or lower --lr"
-            )
+        self._check_finite(total, gnf, batch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -542,6 +535,17 @@ class _Run:
         self.position = loader.position()
         self.last_loss = total
         return _StepStats(batch.epoch, lr, total, mse, nce, gnf)
+
+    def _check_finite(self, loss: float, grad_norm: float, batch) -> None:
+        """Raise :class:`NonFiniteLossError` (before the update) on a NaN/inf loss or norm."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            where = self.last_ckpt or "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.step + 1} (loss {loss}, grad norm "
+                f"{grad_norm}; epoch {batch.epoch}, batch {batch.index}, rows "
+                f"{batch.rows.tolist()[:8]}): stopped before the update. Last good "
+                f"checkpoint: {where}. Check the corpus rows for NaN/inf, or lower --lr"
+            )
 
     def _maybe_validate(self, monitor: StepMonitor, epoch: int):
         """``(val MSE, baseline)`` when validation is due at this step (every ``val_every``
