@@ -64,3 +64,20 @@ def test_replace_dir_keeps_the_old_tree_when_the_swap_fails(tmp_path, monkeypatc
     assert (dest / "a.txt").read_text() == "old"  # the old tree is back under its name
     assert (new / "a.txt").read_text() == "new"  # and the new one is not lost
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "out.partial"]
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_atomic_file_renames_on_success_and_cleans_up_on_failure(tmp_path, unique):
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"old")
+    with _io.atomic_file(p, unique=unique) as tmp:
+        assert tmp != p and tmp.parent == p.parent
+        tmp.write_bytes(b"new")
+        assert p.read_bytes() == b"old"  # not visible before the block ends
+    assert p.read_bytes() == b"new"
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with _io.atomic_file(p, unique=unique) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert p.read_bytes() == b"new"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["w.bin"]

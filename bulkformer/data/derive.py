@@ -158,9 +158,7 @@ def derive_corpus(
     stats = CorpusStats(ps.mean[cols], ps.std[cols], ps.count[cols], ref.id, ps.n)
     ref.to_tsv(partial / "genes.tsv")
     write_atomic(partial / "stats.npz", stats.to_bytes())
-    write_atomic(
-        partial / "missing.npy", npy_bytes(np.ascontiguousarray(parent.missing[:, cols]))
-    )
+    write_atomic(partial / "missing.npy", npy_bytes(np.ascontiguousarray(parent.missing[:, cols])))
     for name in ("samples.tsv", "excluded.tsv", "splits.npz"):
         shutil.copyfile(parent.path / name, partial / name)
     src = parent.expression  # (N, G_parent) float16 memmap
@@ -174,7 +172,11 @@ def derive_corpus(
     m = copy.deepcopy(parent.manifest)
     m["reference"] = {"id": ref.id, "n_genes": len(ref)}
     if m["parameters"].get("stats") is not None:
-        m["parameters"]["stats"] = {"reference_id": ref.id, "n": stats.n, "sha256": stats_sha(stats)}
+        m["parameters"]["stats"] = {
+            "reference_id": ref.id,
+            "n": stats.n,
+            "sha256": stats_sha(stats),
+        }
     m["derived_from"] = {
         "path": str(parent.path),
         "reference_id": pref.id,

@@ -357,8 +357,6 @@ def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypa
     """Without ``durable`` no data file is fsync'd, and an unfinished build from another boot
     starts over (its unsynced data may be lost); with it, data is fsync'd before each commit
     and the build resumes after a reboot. Either way the result equals an uninterrupted run."""
-    import bulkformer.data.corpus.build as corpus_mod
-
     data = _two_sources()
     whole = build_corpus(
         _sources(data), tmp_path / "whole", reference, min_nonzero=24, block_size=8, progress=False

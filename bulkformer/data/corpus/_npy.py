@@ -199,8 +199,6 @@ class NpyRows:
             self.fd = -1
 
 
-
-
 def set_npy_rows(path: Path, n: int) -> None:
     """Shrink the row count of an ``.npy`` file in place: its header is rewritten to the same
     length (padding absorbs the shorter number) and the file cut after row ``n`` (also when the
@@ -251,4 +249,3 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     b = io.BytesIO()
     np.lib.format.write_array(b, np.ascontiguousarray(arr), allow_pickle=False)
     return b.getvalue()
-

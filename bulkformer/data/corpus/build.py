@@ -136,7 +136,6 @@ def stamp(manifest: dict, durable: bool) -> None:
     manifest.setdefault("build", {}).update(durable=bool(durable), boot_id=_boot_id())
 
 
-
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
@@ -347,7 +346,6 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-
 class _Writer:
     """Phases of one build in ``partial``; every phase resumes from ``progress.npz``."""
 
@@ -425,7 +423,9 @@ class _Writer:
         want_stats = self.given_stats is None
         todo = list(range(b0 + prog.blocks_done, b1))
         self._commit("read", b1 - b0)
-        bar = progress_bar(self.n_in, "read", self.show, int(self._rows_before(b0 + prog.blocks_done)))
+        bar = progress_bar(
+            self.n_in, "read", self.show, int(self._rows_before(b0 + prog.blocks_done))
+        )
 
         def read(b):
             s, a, z = (int(v) for v in plan.blocks[b])
@@ -604,6 +604,7 @@ class _Writer:
         for name in ("qc_nonzero.npy", "qc_total.npy", "progress.npz"):
             (self.dir / name).unlink(missing_ok=True)
 
+
 FILES = {
     "genes": "genes.tsv",
     "samples": "samples.tsv",
@@ -662,7 +663,6 @@ def z_params(stats: CorpusStats, missing: np.ndarray) -> tuple[np.ndarray, np.nd
     shift = np.ascontiguousarray(np.broadcast_to(mean, (n_src, len(mean))))
     scale = np.stack([np.where(~missing[s], inv, 0.0) for s in range(n_src)]).astype(np.float32)
     return shift, scale
-
 
 
 def standardize(
@@ -731,4 +731,3 @@ def inplace_layout(path: Path, n_rows: int, G: int, gap: int, *, create: bool):
         expr = NpyRows(path)
     log1p = NpyRows(path, (n_rows, G), np.float32, offset=expr.offset + 2 * G * gap)
     return expr, log1p
-

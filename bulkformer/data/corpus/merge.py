@@ -174,4 +174,3 @@ def _refold(stats: GeneStats, log1p: NpyRows, samples: pd.DataFrame, missing) ->
         bad = fold(stats, v, ~missing[src[lo]], train[lo:hi])
         if bad >= 0:
             raise ValueError(f"{log1p.path}: row {int(lo) + bad} holds NaN/inf (corrupt part?)")
-

@@ -85,7 +85,6 @@ def assign_splits(
     return codes
 
 
-
 # ====================================================================== the plan
 @dataclasses.dataclass
 class Plan:
@@ -270,7 +269,5 @@ def make_plan(
     )
 
 
-
 def missing_mask(plan: Plan) -> np.ndarray:
     return np.stack([~al.covered for al in plan.alignments]).astype(bool)
-

@@ -60,7 +60,6 @@ def source_fingerprint(source: ExpressionSource) -> dict:
     return file_fingerprint(source.path)
 
 
-
 # ====================================================================== statistics
 @dataclasses.dataclass(frozen=True)
 class CorpusStats:
@@ -148,7 +147,5 @@ def fold(
     return -1
 
 
-
 def stats_sha(stats: CorpusStats) -> str:
     return hashlib.sha256(stats.to_bytes()).hexdigest()[:16]
-
