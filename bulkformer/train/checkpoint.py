@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from .._io import replace_dir
+
 __all__ = [
     "CheckpointMismatchError",
     "checkpoint_dir",
@@ -66,14 +68,6 @@ def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) -> Path:
     """Write ``state`` (``torch.save``) and ``meta`` (JSON) as checkpoint ``step`` atomically;
     returns the checkpoint directory. An existing checkpoint of the same step is replaced."""
@@ -92,15 +86,8 @@ def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) 
         json.dump(meta, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
-    _fsync(tmp)
-    if final.exists():  # rewriting the same step (e.g. the final one after a resume)
-        old = d / f".tmp-old-{step:08d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    _fsync(d)
+    # an existing checkpoint of this step (e.g. the final one after a resume) is swapped out
+    replace_dir(tmp, final, aside=d / f".tmp-old-{step:08d}-{os.getpid()}")
     return final
 
 
