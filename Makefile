@@ -23,7 +23,7 @@ asan:
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	BULKFORMER_SANITIZE=1 $(PY) setup.py build_ext -q --build-lib $(ASAN_DIR)/lib --build-temp $(ASAN_DIR)/tmp
 	cp -r bulkformer $(ASAN_DIR)/pkg && rm -f $(ASAN_DIR)/pkg/_C*.so
-	mkdir -p $(ASAN_DIR)/pkg/kernels && cp kernels/*.py $(ASAN_DIR)/pkg/kernels/
+	rm -rf $(ASAN_DIR)/pkg/kernels && mkdir -p $(ASAN_DIR)/pkg/kernels && cp kernels/*.py $(ASAN_DIR)/pkg/kernels/
 	cp $(ASAN_DIR)/lib/bulkformer/_C*.so $(ASAN_DIR)/pkg/
 	mkdir -p $(ASAN_DIR)/root && rm -rf $(ASAN_DIR)/root/bulkformer && mv $(ASAN_DIR)/pkg $(ASAN_DIR)/root/bulkformer
 	cd $(ASAN_DIR)/root && \
