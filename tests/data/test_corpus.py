@@ -312,7 +312,9 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
 def test_incompatible_partial_is_refused(tmp_path, reference):
     data = _two_sources()
     (tmp_path / "c.partial").mkdir()
-    (tmp_path / "c.partial" / "manifest.json").write_text('{"kind": "corpus", "plan": {}}')
+    (tmp_path / "c.partial" / "manifest.json").write_text(
+        '{"format": "bulkformer-corpus", "kind": "corpus", "plan": {}}'
+    )
     with pytest.raises(FileExistsError, match="interrupted build"):
         build_corpus(_sources(data), tmp_path / "c", reference, min_nonzero=0, progress=False)
     c = build_corpus(

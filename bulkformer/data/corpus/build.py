@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..._io import replace_dir, write_atomic
+from ..._io import json_bytes, npy_bytes, npz_bytes, replace_dir, tsv_bytes, write_atomic
 from ..genes import GeneReference
 from ..normalize import GeneStats
 from ..source import Block, ExpressionSource
-from ._npy import NpyRows, json_bytes, npy_bytes, npz_bytes, open_rows, set_npy_rows, tsv_bytes
+from ._npy import NpyRows, open_rows, set_npy_rows
+from .guard import check_out, corpus_manifest, foreign_entries, not_replaceable, output_lock
 from .plan import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_SPLITS,
@@ -145,21 +146,36 @@ def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
 
 
 # ====================================================================== build
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} already exists; choose another output or pass overwrite=True "
-            "(--overwrite) to replace it"
-        )
-
-
 def open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Path, dict | None]:
     """Create ``OUT.partial`` or find the compatible one a killed build left (returned manifest)."""
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        mf = partial / "manifest.json"
-        old = json.loads(mf.read_text()) if mf.exists() else None
-        if old is not None and old.get("kind") == kind and old.get("plan") == key:
+    if partial.exists() or partial.is_symlink():
+        old = corpus_manifest(partial)
+        if old is None:
+            # no manifest: a build that stopped before its first commit (killed, or the disk
+            # filled) left only files of its own; nothing in it counts, so start over
+            mf = partial / "manifest.json"
+            if (
+                partial.is_symlink()
+                or not partial.is_dir()
+                or mf.exists()
+                or foreign_entries(partial)
+            ):
+                why = not_replaceable(partial)
+                raise FileExistsError(
+                    f"{partial} {why}, so it is not an interrupted build of bulkformer; "
+                    "nothing was deleted: move it away or choose another output"
+                )
+            log.info("%s holds a build that never committed progress: starting over", partial)
+            shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            return partial, None
+        if foreign_entries(partial):
+            raise FileExistsError(
+                f"{partial} {not_replaceable(partial)}: not only an interrupted build; nothing "
+                "was deleted: move those files away, then rerun"
+            )
+        if old.get("kind") == kind and old.get("plan") == key:
             if _resumable(old, partial):
                 log.info("resuming the interrupted build in %s", partial)
                 return partial, old
@@ -194,8 +210,11 @@ def open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Path
 
 def finish(partial: Path, out: Path, overwrite: bool) -> None:
     """Move the finished ``partial`` to ``out`` (replacing it only with ``overwrite``)."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} appeared while building; the new corpus is at {partial}")
+    if out.exists() or out.is_symlink():
+        why = None if overwrite else "appeared while building"
+        why = why or not_replaceable(out)
+        if why is not None:
+            raise FileExistsError(f"{out} {why}; the new corpus is at {partial}")
     replace_dir(partial, out)
 
 
@@ -269,11 +288,60 @@ def build_corpus(
         Bad input (no gene overlap, NaN / negative / non-integer counts, duplicate sample IDs,
         absent label column, statistics of another reference); no partial output is left.
     FileExistsError
-        ``out`` exists and ``overwrite`` is false.
+        ``out`` exists and ``overwrite`` is false, or ``out`` (or ``out.partial``) is not a
+        bulkformer corpus: ``overwrite`` replaces nothing else. ``out`` is an input, holds one,
+        or is the current directory (or above it): ValueError.
+    bulkformer._io.LockedError
+        Another process is writing ``out`` (its pid and host are named).
     """
     t0 = time.time()
-    out = Path(out)
-    check_out(out, overwrite)
+    srcs = [sources] if isinstance(sources, ExpressionSource) else list(sources)
+    inputs = [getattr(s, "path", None) for s in srcs]
+    if stats is not None and not isinstance(stats, CorpusStats):
+        inputs.append(stats)
+    out = check_out(out, overwrite, inputs)  # fail fast; checked again under the lock
+    with output_lock(out):
+        return _build(
+            srcs,
+            out,
+            reference,
+            inputs,
+            t0,
+            label=label,
+            min_nonzero=min_nonzero,
+            splits=splits,
+            seed=seed,
+            stats=stats,
+            block_size=block_size,
+            threads=threads,
+            overwrite=overwrite,
+            shard=shard,
+            progress=progress,
+            durable=durable,
+        )
+
+
+def _build(
+    sources,
+    out,
+    reference,
+    inputs,
+    t0,
+    *,
+    label,
+    min_nonzero,
+    splits,
+    seed,
+    stats,
+    block_size,
+    threads,
+    overwrite,
+    shard,
+    progress,
+    durable,
+):
+    """:func:`build_corpus` under the output's lock."""
+    check_out(out, overwrite, inputs)
     if reference is None:
         if not hasattr(GeneReference, "default"):
             raise ValueError("no embedded gene reference in this build: pass reference=")
