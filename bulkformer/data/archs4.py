@@ -505,6 +505,15 @@ class ARCHS4Source(ExpressionSource):
                     int((~keep).sum()),
                     max_singlecell,
                 )
+            gone = rows[~keep]
+            self.filtered = pd.DataFrame(  # recorded in the corpus' excluded.tsv
+                {
+                    "reason": [
+                        f"single-cell probability {v:.4g} >= {max_singlecell:g}" for v in scp[gone]
+                    ]
+                },
+                index=pd.Index(f.sample_ids[gone], name="sample_id"),
+            )
             rows = rows[keep]
         if len(rows) == 0:
             raise ValueError(f"{self.path}: no samples selected (check --search/--samples)")

@@ -591,6 +591,8 @@ class _Writer:
         df["total_counts"] = tot
         excluded = df[~keep].drop(columns=["split"]).copy()
         excluded["reason"] = f"nonzero_genes < {plan.key['parameters']['min_nonzero']}"
+        if plan.shard_blocks[0] == 0:  # (once: in the first shard)
+            excluded = with_filtered(excluded, srcs)
         return df[keep].reset_index(drop=True), excluded.reset_index(drop=True), keep
 
     def _stats(self, n_train: int) -> CorpusStats:
@@ -684,14 +686,46 @@ FILES = {
 }
 
 
+def with_filtered(excluded: pd.DataFrame, sources) -> pd.DataFrame:
+    """``excluded`` followed by the samples each source's own filter dropped
+    (:attr:`ExpressionSource.filtered`): source_row −1, no QC figures, the source's reason."""
+    extra = []
+    for i, src in enumerate(sources):
+        f = getattr(src, "filtered", None)
+        if f is None or len(f) == 0:
+            continue
+        e = pd.DataFrame(
+            {
+                "sample_id": f.index.astype(str),
+                "source_index": np.int32(i),
+                "source": str(src.path),
+                "source_row": np.int64(-1),
+            }
+        )
+        if "label" in excluded.columns:
+            e["label"] = ""
+        e["nonzero_genes"] = pd.array([pd.NA] * len(e), dtype="Int64")
+        e["total_counts"] = np.nan
+        e["reason"] = f["reason"].astype(str).to_numpy()
+        extra.append(e)
+    if not extra:
+        return excluded
+    excluded = excluded.astype({"nonzero_genes": "Int64"})  # integers stay integers next to NA
+    return pd.concat([excluded, *extra], ignore_index=True)
+
+
 def rows_summary(samples: pd.DataFrame, excluded: pd.DataFrame) -> dict:
-    """The manifest's ``rows``: input, passed_qc, excluded and the size of each split."""
+    """The manifest's ``rows``: input (samples read), passed_qc, excluded (by QC), the size of
+    each split, and filtered_by_source (samples a source's own filter dropped, source_row −1
+    in excluded.tsv)."""
     counts = samples["split"].value_counts()
+    filtered = int((pd.to_numeric(excluded["source_row"]) < 0).sum())
     return {
-        "input": int(len(samples) + len(excluded)),
+        "input": int(len(samples) + len(excluded) - filtered),
         "passed_qc": int(len(samples)),
-        "excluded": int(len(excluded)),
+        "excluded": int(len(excluded) - filtered),
         **{k: int(counts.get(k, 0)) for k in SPLIT_NAMES},
+        "filtered_by_source": filtered,
     }
 
 
