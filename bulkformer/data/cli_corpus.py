@@ -285,6 +285,10 @@ def run_preprocess(args) -> int:
     if min_nonzero is None:
         demo_only = args.demo and not (args.archs4 or args.gdc or args.h5ad)
         min_nonzero = 9000 if demo_only else 14000
+    from .corpus.guard import check_out
+
+    # inputs the build does not see as paths (source files and --stats it checks itself)
+    check_out(args.out, args.overwrite, [args.sample_sheet, args.reference])
     reference = GeneReference.from_tsv(args.reference) if args.reference else None
     sources = open_sources(args)
     t0 = time.time()

@@ -166,6 +166,11 @@ def test_cli_refuses_an_output_that_is_the_input_or_the_working_directory(
     rc = cli_main(["preprocess", "--archs4", small_h5, "--out", small_h5, "--overwrite"])
     assert rc == 1 and "is the input" in capsys.readouterr().err
     assert Path(small_h5).read_bytes() == before
+    ref = tmp_path / "ref.tsv"
+    ref.write_text("not read")
+    rc = cli_main(["preprocess", "--archs4", small_h5, "--reference", str(ref), "--out", str(ref)])
+    assert rc == 1 and "is the input" in capsys.readouterr().err
+    ref.unlink()
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
