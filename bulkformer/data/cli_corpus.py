@@ -287,8 +287,9 @@ def run_preprocess(args) -> int:
         min_nonzero = 9000 if demo_only else 14000
     from .corpus.guard import check_out
 
-    # inputs the build does not see as paths (source files and --stats it checks itself)
-    check_out(args.out, args.overwrite, [args.sample_sheet, args.reference])
+    # before any input is opened; build_corpus checks again, under the output's lock
+    inputs = [*args.archs4, *args.h5ad, args.gdc, args.sample_sheet, args.reference, args.stats]
+    check_out(args.out, args.overwrite, inputs)
     reference = GeneReference.from_tsv(args.reference) if args.reference else None
     sources = open_sources(args)
     t0 = time.time()
