@@ -36,7 +36,13 @@ Modules: :mod:`.reader` (:class:`Corpus`, :class:`CorpusPart`), :mod:`.stats`
 
 from .build import PARTIAL_LAYOUT, build_corpus
 from .merge import merge_parts
-from .plan import DEFAULT_BLOCK_SIZE, DEFAULT_SPLITS, SPLIT_NAMES, assign_splits
+from .plan import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MIN_NONZERO,
+    DEFAULT_SPLITS,
+    SPLIT_NAMES,
+    assign_splits,
+)
 from .reader import FORMAT, FORMAT_VERSION, Corpus, CorpusPart
 from .stats import CorpusStats, file_fingerprint
 
@@ -53,5 +59,6 @@ __all__ = [
     "SPLIT_NAMES",
     "DEFAULT_SPLITS",
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_MIN_NONZERO",
     "PARTIAL_LAYOUT",
 ]

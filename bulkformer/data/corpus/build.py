@@ -36,6 +36,7 @@ from ._npy import NpyRows, open_rows, set_npy_rows
 from .guard import check_out, corpus_manifest, foreign_entries, not_replaceable, output_lock
 from .plan import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_MIN_NONZERO,
     DEFAULT_SPLITS,
     SPLIT_NAMES,
     Plan,
@@ -237,7 +238,7 @@ def build_corpus(
     reference: GeneReference | None = None,
     *,
     label: str | None = None,
-    min_nonzero: int = 14000,
+    min_nonzero: int = DEFAULT_MIN_NONZERO,
     splits: Sequence[float] = DEFAULT_SPLITS,
     seed: int = 0,
     stats: CorpusStats | str | os.PathLike | None = None,
