@@ -22,19 +22,18 @@ from ..._io import json_bytes, npy_bytes, write_atomic
 from ..normalize import GeneStats
 from ._npy import NpyRows, open_rows
 from .build import (
-    Progress,
     finish,
     mark_corpus_done,
     new_manifest,
     open_partial,
     record_finish,
     rows_summary,
-    stamp,
     standardize,
     timestamp,
     write_corpus_tables,
 )
 from .guard import check_out, output_lock
+from .progress import Progress, stamp
 from .reader import Corpus, CorpusPart
 from .stats import CorpusStats, fold
 
