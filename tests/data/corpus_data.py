@@ -6,8 +6,13 @@ import numpy as np
 import pandas as pd
 
 from bulkformer.data.genes import GeneReference
-from bulkformer.data.normalize import log1p_tpm_ref, qc_ref, zscore_ref
+from bulkformer.data.oracle import log1p_tpm_ref, qc_ref, zscore_ref
 from bulkformer.data.source import align_genes
+
+#: bound of the engine's float32 log1p(TPM) against the float64 reference (the Cephes log1p and
+#: float32 C/L), also the largest change one normalization path brought to GDC / .h5ad / array
+#: sources (measured 9.54e-07 = one float32 ulp at 8-16, see docs/engine.md)
+LOG1P_ATOL = 2e-6
 
 
 def make_reference(G: int = 37, seed: int = 7) -> GeneReference:

@@ -14,6 +14,7 @@ from corpus_data import make_reference, make_source_data, pipeline_ref
 
 import bulkformer
 from bulkformer.cli import main as cli_main
+from bulkformer.data.array import ArraySource
 from bulkformer.data.corpus import (
     Corpus,
     CorpusPart,
@@ -23,7 +24,6 @@ from bulkformer.data.corpus import (
     merge_parts,
 )
 from bulkformer.data.genes import ReferenceMismatchError
-from bulkformer.data.memory import ArraySource
 
 REPO = str(Path(bulkformer.__file__).resolve().parents[1])
 FILES = [
@@ -250,7 +250,7 @@ _SCRIPT = textwrap.dedent(
     sys.path[:0] = [{repo!r}, {tests!r}]
     from corpus_data import make_reference, make_source_data
     from bulkformer.data.corpus import build_corpus
-    from bulkformer.data.memory import ArraySource
+    from bulkformer.data.array import ArraySource
     ref = make_reference()
     c, g, s = make_source_data(300, list(range(0, 37)), seed=4)
     src = ArraySource(c, g, s, lengths=ref.lengths, path="mem")

@@ -10,8 +10,8 @@ import torch
 from eval_data import demo_counts
 
 from bulkformer.data.genes import ReferenceMismatchError
-from bulkformer.data.memory import align_values
-from bulkformer.data.normalize import log1p_tpm_ref, zscore_ref
+from bulkformer.data.matrix import align_values
+from bulkformer.data.oracle import log1p_tpm_ref, zscore_ref
 from bulkformer.eval import embed, prepare_input
 
 
@@ -120,7 +120,7 @@ def test_gene_level_pools_to_sample_embedding(counts, pretrained):
 def test_bad_inputs(counts, corpus, pretrained, tmp_path):
     x, genes, _, _ = counts
     adata = _adata(counts)
-    with pytest.raises(ValueError, match="no layer 'tpm'.*layers present"):
+    with pytest.raises(ValueError, match="AnnData: no layer 'tpm'; available layers"):
         embed(adata, pretrained, layer="tpm", progress=False)
     with pytest.raises(ValueError, match="var has no column 'gene'"):
         embed(adata, pretrained, gene_column="gene", progress=False)
@@ -144,7 +144,7 @@ def test_low_coverage_warns(counts, pretrained, caplog):
         genes, pretrained.reference.gene_ids
     )
     with caplog.at_level(logging.WARNING, logger="bulkformer.eval.embed"):
-        prep = prepare_input(x[:, keep], pretrained, gene_ids=genes[keep])
+        prep = prepare_input(x[:, keep], pretrained, gene_ids=genes[keep], min_gene_overlap=0.2)
     assert prep.n_matched == 20 and abs(prep.coverage - 20 / 64) < 1e-9
     assert "only 20 of 64 genes" in caplog.text
     assert prep.missing(np.arange(3)).sum(1).tolist() == [44, 44, 44]
