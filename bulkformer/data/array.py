@@ -24,6 +24,8 @@ __all__ = ["ArraySource"]
 
 log = logging.getLogger(__name__)
 
+_CHECK_ROWS = 1024  # rows validated at a time
+
 
 def _is_sparse(x) -> bool:
     return hasattr(x, "tocsr") and not isinstance(x, np.ndarray)
@@ -84,8 +86,9 @@ class ArraySource(ExpressionSource):
         self.samples_ = samples
         self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.float64)
         self.path = path
-        if not self.sparse:
-            check_values(x, values, path, samples.index)
+        if not self.sparse:  # row blocks: the temporaries stay small for large matrices
+            for r in range(0, x.shape[0], _CHECK_ROWS):
+                check_values(x[r : r + _CHECK_ROWS], values, path, samples.index[r:])
         self.x = x
 
     @property

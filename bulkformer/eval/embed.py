@@ -33,6 +33,7 @@ from ..data.genes import ReferenceMismatchError
 from ..data.h5ad import anndata_matrix, anndata_source
 from ..data.matrix import align_matrix
 from ..data.normalize import standardize, z_params
+from ..data.source import ExpressionSource, align_genes
 
 __all__ = [
     "embed",
@@ -95,7 +96,7 @@ class PreparedInput:
     obs: pd.DataFrame  # (N rows) sample metadata; index = sample ids
     coverage: float  # fraction of reference genes the input covers
     n_matched: int  # reference genes covered
-    kind: str  # "numpy" | "anndata" | "corpus"
+    kind: str  # "numpy" | "anndata" | "corpus" | "source"
     _rows: object = field(repr=False, default=None)
     _missing: object = field(repr=False, default=None)
 
@@ -187,7 +188,10 @@ def _z_input(x, gene_ids, pretrained, obs, kind, where, floor) -> PreparedInput:
 
 
 def _positions(n: int, idx) -> np.ndarray:
-    return np.atleast_1d(np.arange(n)[idx])
+    """(b,) int64 row positions of ``idx`` (a slice, an int or an int array) among n rows."""
+    if isinstance(idx, slice):
+        return np.arange(*idx.indices(n), dtype=np.int64)
+    return np.atleast_1d(np.asarray(idx, dtype=np.int64))
 
 
 def _hidden(hidden: np.ndarray, n_obs: int):
@@ -200,11 +204,12 @@ def _hidden(hidden: np.ndarray, n_obs: int):
     return missing
 
 
-def _source_input(src: ArraySource, pretrained, kind, floor) -> PreparedInput:
-    """A matrix source → z-scores in the checkpoint's scale, block by block: the source's own
+def _source_input(src: ExpressionSource, pretrained, kind, floor) -> PreparedInput:
+    """A source → z-scores in the checkpoint's scale, block by block: the source's own
     normalization (the C++ engine) and the one standardize routine of the corpus."""
     ref, st = pretrained.reference, pretrained.stats
-    al = src.align(ref)
+    fn = getattr(src, "align", None)
+    al = fn(ref) if callable(fn) else align_genes(src.gene_ids, ref)
     _check_overlap(src.path, src.gene_ids, al, len(ref), floor)
     shift, scale = z_params(st.mean, st.std, ~al.covered)
     good = np.isfinite(st.std) & (st.std > 0)
@@ -300,8 +305,9 @@ def prepare_input(
 
     Parameters
     ----------
-    data : (N, J) numpy array (with ``gene_ids``), AnnData (samples × genes), a
-        :class:`Corpus` or a corpus directory.
+    data : (N, J) numpy array (with ``gene_ids``), AnnData (samples × genes), an
+        :class:`~bulkformer.data.source.ExpressionSource` (ARCHS4, GDC, ``.h5ad`` file, array;
+        its own ``values``), a :class:`Corpus` or a corpus directory.
     pretrained : :class:`~bulkformer.model.pretrained.Pretrained`.
     values, gene_ids, layer, gene_column, min_gene_overlap : see :func:`embed`.
 
@@ -319,6 +325,8 @@ def prepare_input(
         return _corpus_input(data, pretrained)
     if not 0 <= min_gene_overlap <= 1:
         raise ValueError(f"min_gene_overlap={min_gene_overlap!r}: expected a fraction in [0, 1]")
+    if isinstance(data, ExpressionSource):  # ARCHS4Source, GDCSource, H5ADSource, ArraySource
+        return _source_input(data, pretrained, "source", min_gene_overlap)
     if _is_anndata(data):
         return _anndata_input(data, pretrained, values, layer, gene_column, min_gene_overlap)
     if isinstance(data, np.ndarray) or hasattr(data, "tocsr"):
@@ -328,7 +336,8 @@ def prepare_input(
             data, gene_ids, pretrained, values, obs, "numpy", "input matrix", min_gene_overlap
         )
     raise TypeError(
-        f"embed: data must be a numpy array, AnnData or Corpus (or its directory), got {type(data)}"
+        "embed: data must be a numpy array, AnnData, ExpressionSource or Corpus (or its "
+        f"directory), got {type(data)}"
     )
 
 
@@ -425,8 +434,10 @@ def embed(
 
     Parameters
     ----------
-    data : (N, J) numpy array or scipy sparse matrix, AnnData (N samples × J genes),
-        :class:`~bulkformer.data.corpus.Corpus` or a corpus directory.
+    data : (N, J) numpy array or scipy sparse matrix, AnnData (N samples × J genes), an
+        :class:`~bulkformer.data.source.ExpressionSource` (e.g.
+        :class:`~bulkformer.data.h5ad.H5ADSource`, read block by block; ``values`` is the
+        source's own), :class:`~bulkformer.data.corpus.Corpus` or a corpus directory.
     pretrained : :class:`~bulkformer.model.pretrained.Pretrained` or its directory.
     values : what the matrix holds: ``"counts"`` (raw → TPM with gene lengths → log1p),
         ``"tpm"``, ``"log1p_tpm"``, or ``"z"`` (already z-scored with the checkpoint's
@@ -452,7 +463,7 @@ def embed(
 
     Returns
     -------
-    numpy / Corpus input: (N, D) float32 array, or ``(emb (N, D), genes (N, G, D))`` with
+    numpy / source / Corpus input: (N, D) float32 array, or ``(emb (N, D), genes (N, G, D))`` with
     ``gene_level``. AnnData: ``None`` (``data`` modified: ``obsm[key_added]``,
     ``uns["bulkformer"]``), or the modified copy when ``copy=True``.
 

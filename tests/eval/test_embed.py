@@ -261,3 +261,18 @@ def test_cli_batch_size_zero_is_a_clear_error(corpus, ckpt, tmp_path, capsys):
     assert e.value.code == 2
     assert "--batch-size: '0': expected a whole number ≥ 1" in capsys.readouterr().err
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_expression_sources_embed_like_their_matrices(counts, pretrained, tmp_path):
+    """An ExpressionSource (an .h5ad file read block by block, an ArraySource) gives the
+    embeddings of the same numbers passed as AnnData / numpy."""
+    from bulkformer.data.array import ArraySource
+    from bulkformer.data.h5ad import H5ADSource
+
+    x, genes, _, _ = counts
+    adata = _adata(counts)
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    kw = dict(batch_size=7, progress=False)  # same batches: same model arithmetic
+    want = embed(adata, pretrained, copy=True, **kw).obsm["X_bulkformer"]
+    np.testing.assert_array_equal(embed(H5ADSource(tmp_path / "x.h5ad"), pretrained, **kw), want)
+    np.testing.assert_array_equal(embed(ArraySource(x, genes), pretrained, **kw), want)
