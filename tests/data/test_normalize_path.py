@@ -205,7 +205,9 @@ def _archs4_digest(tmp: Path) -> str:
     return h.hexdigest()
 
 
-#: _archs4_digest computed with the code before one normalization path (commit 625e473)
+#: _archs4_digest computed with the code before one normalization path (commit 625e473), with
+#: the default build (-O3); sanitizer (-O1) and -march=native builds round some float32
+#: operations differently, so `make asan` leaves this test out
 ARCHS4_DIGEST = "e995b477093c6e51c4893b91c517684166c0c7c6160dd39ba5d1bfc54ac85288"
 
 
