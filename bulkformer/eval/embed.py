@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._device import resolve_device
 from ..data.array import ArraySource
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
@@ -73,15 +74,6 @@ def resolve_pretrained(pretrained, *, map_location="cpu"):
     raise TypeError(
         f"pretrained must be a Pretrained (load_pretrained) or a directory, got {type(pretrained)}"
     )
-
-
-def resolve_device(device=None):
-    """``None`` → CUDA when available, else CPU."""
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 @dataclass
