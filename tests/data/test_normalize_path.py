@@ -27,7 +27,6 @@ from bulkformer.data.normalize import standardize, z_params
 from bulkformer.data.oracle import log1p_tpm_ref, qc_ref, tpm_given_ref, zscore_ref
 from bulkformer.data.synthetic import make_archs4
 
-
 #: float32 ulps between the engine and the float64 path that GDC / .h5ad / array sources took
 #: before (measured: ≤ 1 ulp on synthetic GDC and .h5ad corpora, ≤ 3 ulps of values near 1 on
 #: the random data here; ≤ 9.54e-07 absolute everywhere — see docs/engine.md)
