@@ -67,14 +67,6 @@ inline void log1p_row(float* v, const uint8_t* covered, int64_t n, float scale) 
   }
 }
 
-// o[c] = (v[c] - zm[c]) * zi[c] in float32 (a subtraction and a product, nothing to contract).
-#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-inline void z_row(const float* v, const float* zm, const float* zi, float* o, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) o[c] = (v[c] - zm[c]) * zi[c];
-}
-
 // out[i] = float(c[i]) * inv[i] (the conversion of a uint32 rounds once, on every ISA).
 #if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -100,32 +92,6 @@ inline bool have_f16c() {
   return ok;
 }
 #endif
-
-#ifdef BULKFORMER_X86
-// float16((v - zm) * zi) for a row: the z-score and the conversion in one pass.
-__attribute__((target("avx,f16c"))) inline void z_f16_row_f16c(const float* v, const float* zm,
-                                                              const float* zi, uint16_t* o,
-                                                              int64_t n) {
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    const __m256 x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + c), _mm256_loadu_ps(zm + c)),
-                                   _mm256_loadu_ps(zi + c));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + c),
-                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-  }
-  for (; c < n; ++c) o[c] = float_to_half((v[c] - zm[c]) * zi[c]);
-}
-#endif
-
-inline void z_f16_row(const float* v, const float* zm, const float* zi, uint16_t* o, int64_t n) {
-#ifdef BULKFORMER_X86
-  if (have_f16c()) {
-    z_f16_row_f16c(v, zm, zi, o, n);
-    return;
-  }
-#endif
-  for (int64_t c = 0; c < n; ++c) o[c] = float_to_half((v[c] - zm[c]) * zi[c]);
-}
 
 inline void f32_to_f16_row(const float* v, uint16_t* o, int64_t n) {
 #ifdef BULKFORMER_X86
