@@ -23,6 +23,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,7 +41,13 @@ from .source import Alignment, Block, ExpressionSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARCHS4File", "ARCHS4Source", "ARCHS4FormatError"]
+__all__ = [
+    "ARCHS4File",
+    "ARCHS4Source",
+    "ARCHS4FormatError",
+    "ARCHS4KeyError",
+    "ARCHS4IndexError",
+]
 
 # field-name variants seen across ARCHS4 releases, first match wins
 GENE_ID_FIELDS = ("ensembl_gene_id", "ensembl_gene", "ensembl_id", "gene_id", "ensembl")
@@ -54,6 +61,53 @@ DEFAULT_SEARCH_FIELDS = ("title", "source_name_ch1", "characteristics_ch1")
 
 class ARCHS4FormatError(ValueError):
     """The file does not have the ARCHS4 layout (names the file and the field)."""
+
+
+class ARCHS4KeyError(ARCHS4FormatError, KeyError):
+    """A sample field or GEO accession the file lacks: a ValueError with a plain message (for
+    the command line), and a KeyError for callers that look things up."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ARCHS4IndexError(ARCHS4FormatError, IndexError):
+    """A sample position outside the file: a ValueError and an IndexError."""
+
+
+@contextlib.contextmanager
+def damaged_file_errors(path: str, what: str):
+    """Turn an HDF5/h5py failure while reading ``what`` of ``path`` into an
+    :class:`ARCHS4FormatError` naming both (errors that already name the file pass as they are).
+
+    A damaged file makes h5py raise OSError, KeyError, RuntimeError, TypeError or ValueError
+    with messages such as "Unable to synchronously open object (bad symbol table)" that name
+    neither the file nor the field.
+    """
+    try:
+        yield
+    except ARCHS4FormatError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, ValueError) and path in str(e):
+            raise
+        if isinstance(e, FileNotFoundError):
+            raise
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ARCHS4FormatError(
+            f"{path}: cannot read {what} ({type(e).__name__}: {text}); expected a readable "
+            "ARCHS4 gene-level HDF5 file (damaged or truncated?)"
+        ) from e
+
+
+def lock_hint(e: BaseException) -> str:
+    """A hint to append to an HDF5 open error when the cause is file locking ('' otherwise)."""
+    if "lock" in str(e).lower():
+        return (
+            ": the file is locked — another process has it open for writing (wait for it), or "
+            "the file system does not support locks (then set HDF5_USE_FILE_LOCKING=FALSE)"
+        )
+    return ""
 
 
 def _decode(values: np.ndarray) -> np.ndarray:
@@ -71,16 +125,44 @@ class ARCHS4File:
     Parameters
     ----------
     path : the ``.h5`` file.
+    layout : ``"auto"`` (default): genes × samples or samples × genes, decided from the lengths
+        of both the gene (``meta/genes``) and the sample (``meta/samples``) fields; a square
+        matrix whose metadata cannot tell is refused. ``"genes×samples"`` / ``"samples×genes"``
+        (also spelt ``genes-by-samples`` / ``samples-by-genes``) state it; the metadata lengths
+        must still agree.
+
+    Raises
+    ------
+    FileNotFoundError, ARCHS4FormatError
+        Missing file; not HDF5; no ``data/expression``; metadata fields of unequal lengths or
+        lengths that fit neither orientation; an ambiguous square matrix.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, layout: str = "auto"):
         self.path = os.fspath(path)
+        if layout not in self._LAYOUTS:
+            raise ValueError(
+                f"layout {layout!r}: expected one of auto, genes-by-samples, samples-by-genes"
+            )
+        self.layout = layout
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise ARCHS4FormatError(f"{self.path}: a directory; expected an ARCHS4 .h5 file")
         try:
             self._h5 = h5py.File(self.path, "r")
         except OSError as e:
-            raise ARCHS4FormatError(f"{self.path}: not a readable HDF5 file ({e})") from None
+            raise ARCHS4FormatError(
+                f"{self.path}: not a readable HDF5 file ({e}){lock_hint(e)}"
+            ) from None
+        try:
+            with damaged_file_errors(self.path, "the file layout (data/expression, meta/)"):
+                self._open()
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _open(self) -> None:
         if "data/expression" not in self._h5:
             raise ARCHS4FormatError(
                 f"{self.path}: no dataset 'data/expression' (expected an ARCHS4 gene-level "
@@ -94,28 +176,16 @@ class ARCHS4File:
             )
         self._sample_fields = self._find_sample_fields()
         self._gene_fields = self._find_gene_fields()
-        n_gene_meta = self._gene_length()
-        n0, n1 = self.expression.shape
-        if n_gene_meta == n0:
-            self.transposed = False
-        elif n_gene_meta == n1:
-            self.transposed = True
+        n_gene_meta = self._field_length(self._gene_fields, "meta/genes")
+        n_meta = self._field_length(self._sample_fields, "meta/samples")
+        self.transposed = self._orientation(n_gene_meta, n_meta, self.layout)
+        if self.transposed:
             log.info(
                 "%s: data/expression is samples × genes (old layout): reading transposed", self.path
             )
-        else:
-            raise ARCHS4FormatError(
-                f"{self.path}: data/expression has shape {self.expression.shape} but meta/genes "
-                f"has {n_gene_meta} entries — expected genes × samples (or samples × genes)"
-            )
         self.n_genes = n_gene_meta
+        n0, n1 = self.expression.shape
         self.n_samples = n1 if not self.transposed else n0
-        n_meta = self._sample_length()
-        if n_meta is not None and n_meta != self.n_samples:
-            raise ARCHS4FormatError(
-                f"{self.path}: meta/samples fields have {n_meta} entries but data/expression "
-                f"has {self.n_samples} samples"
-            )
         self._cache: dict[str, np.ndarray] = {}
         self._index: _engine.ChunkIndex | None = None
 
@@ -168,22 +238,83 @@ class ARCHS4File:
             )
         return out
 
-    def _gene_length(self) -> int:
-        return len(self._h5[next(iter(self._gene_fields.values()))])
+    def _field_length(self, fields: dict[str, str], group: str) -> int | None:
+        """The common length of 1-D metadata fields (None when there are none), checked up
+        front so that a field one entry short fails here, naming it, not later as an IndexError."""
+        lengths: dict[str, int] = {}
+        for name, p in fields.items():
+            shape = self._h5[p].shape
+            if shape is None or len(shape) != 1:
+                raise ARCHS4FormatError(
+                    f"{self.path}: metadata field {p} has shape {shape}; expected a 1-D array "
+                    f"with one entry per {'gene' if 'genes' in group else 'sample'}"
+                )
+            lengths[p] = int(shape[0])
+        if not lengths:
+            return None
+        values = sorted(set(lengths.values()))
+        if len(values) > 1:
+            common = max(values, key=list(lengths.values()).count)
+            odd = {p: n for p, n in lengths.items() if n != common}
+            ex = ", ".join(f"{p} has {n:,}" for p, n in list(odd.items())[:3])
+            raise ARCHS4FormatError(
+                f"{self.path}: {group} fields differ in length: {ex} entries, the others "
+                f"{common:,}; expected one entry per {'gene' if 'genes' in group else 'sample'} "
+                "in every field (truncated or edited file?)"
+            )
+        return values[0]
 
-    def _sample_length(self) -> int | None:
-        for p in self._sample_fields.values():
-            return len(self._h5[p])
-        return None
+    _LAYOUTS = {
+        "auto": None,
+        "genes×samples": False,
+        "genes-by-samples": False,
+        "genes_x_samples": False,
+        "samples×genes": True,
+        "samples-by-genes": True,
+        "samples_x_genes": True,
+    }
+
+    def _orientation(self, n_genes: int | None, n_samples: int | None, layout: str) -> bool:
+        """Whether ``data/expression`` is stored samples × genes, from both metadata lengths."""
+        n0, n1 = self.expression.shape
+        shape = f"{n0:,} × {n1:,}"
+        ns = "no sample fields" if n_samples is None else f"{n_samples:,} entries"
+        fits = {
+            t: n_genes == (n1 if t else n0) and (n_samples is None or n_samples == (n0 if t else n1))
+            for t in (False, True)
+        }
+        stated = self._LAYOUTS[layout]
+        if stated is not None:
+            if not fits[stated]:
+                raise ARCHS4FormatError(
+                    f"{self.path}: data/expression is {shape}, meta/genes has {n_genes:,} entries "
+                    f"and meta/samples {ns}: that is not {layout} (layout given)"
+                )
+            return stated
+        if fits[False] and fits[True]:
+            raise ARCHS4FormatError(
+                f"{self.path}: data/expression is {shape} and meta/genes has {n_genes:,} entries, "
+                f"meta/samples {ns}: genes × samples and samples × genes both fit, so the "
+                "orientation is ambiguous; state it with layout='genes-by-samples' or "
+                "'samples-by-genes' (--archs4-layout)"
+            )
+        if not (fits[False] or fits[True]):
+            raise ARCHS4FormatError(
+                f"{self.path}: data/expression is {shape} but meta/genes has {n_genes:,} entries "
+                f"and meta/samples {ns}: expected genes × samples (or samples × genes) matching "
+                "both"
+            )
+        return fits[True]
 
     # ------------------------------------------------------------------ description
     @property
     def version(self) -> str:
         for p in ("meta/info/version", "info/version", "meta/version"):
-            if p in self._h5:
-                v = self._h5[p][()]
-                v = v[0] if isinstance(v, np.ndarray) and v.shape else v
-                return v.decode() if isinstance(v, bytes) else str(v)
+            with damaged_file_errors(self.path, p):
+                if p in self._h5:
+                    v = self._h5[p][()]
+                    v = v[0] if isinstance(v, np.ndarray) and v.shape else v
+                    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
         return "unknown"
 
     def describe(self) -> dict:
@@ -229,23 +360,27 @@ class ARCHS4File:
         }.get(name, ())
         key = self._field(name, variants)
         if key is None:
-            raise KeyError(
-                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            raise ARCHS4KeyError(
+                f"{self.path}: no sample field {name!r} in meta/samples (available: "
+                f"{', '.join(self.sample_fields) or 'none'})"
             )
         if key not in self._cache:
-            self._cache[key] = _decode(self._h5[self._sample_fields[key]][:])
+            with damaged_file_errors(self.path, self._sample_fields[key]):
+                self._cache[key] = _decode(self._h5[self._sample_fields[key]][:])
         return self._cache[key]
 
     def _raw_field(self, name: str) -> np.ndarray:
         """A string field as raw bytes (for search), cached separately."""
         key = self._field(name)
         if key is None:
-            raise KeyError(
-                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            raise ARCHS4KeyError(
+                f"{self.path}: no sample field {name!r} in meta/samples (available: "
+                f"{', '.join(self.sample_fields) or 'none'})"
             )
         ck = "raw:" + key
         if ck not in self._cache:
-            self._cache[ck] = self._h5[self._sample_fields[key]][:]
+            with damaged_file_errors(self.path, self._sample_fields[key]):
+                self._cache[ck] = self._h5[self._sample_fields[key]][:]
         return self._cache[ck]
 
     def samples(self, fields: Iterable[str] | None = None, rows=None) -> pd.DataFrame:
@@ -277,7 +412,10 @@ class ARCHS4File:
     @cached_property
     def genes(self) -> pd.DataFrame:
         """Gene metadata (all fields of meta/genes), one row per gene in file order."""
-        return pd.DataFrame({k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()})
+        with damaged_file_errors(self.path, "meta/genes"):
+            return pd.DataFrame(
+                {k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()}
+            )
 
     @cached_property
     def gene_ids(self) -> np.ndarray:
@@ -342,8 +480,10 @@ class ARCHS4File:
             pos = pd.Index(self.sample_ids).get_indexer(want)
             missing = want[pos < 0]
             if len(missing):
-                raise KeyError(
-                    f"{self.path}: {len(missing)} GSM id(s) not found, e.g. {list(missing[:5])}"
+                raise ARCHS4KeyError(
+                    f"{self.path}: {len(missing)} of {len(want)} GSM id(s) not found in "
+                    f"meta/samples/geo_accession, e.g. {list(missing[:5])}; expected GEO sample "
+                    "accessions of this file (see `bulkformer archs4 search`)"
                 )
             parts.append(pos)
         if series is not None:
@@ -355,7 +495,9 @@ class ARCHS4File:
         if index is not None:
             idx = np.asarray(list(index), dtype=np.int64)
             if len(idx) and (idx.min() < 0 or idx.max() >= self.n_samples):
-                raise IndexError(f"{self.path}: sample index out of range [0, {self.n_samples})")
+                raise ARCHS4IndexError(
+                    f"{self.path}: sample index out of range [0, {self.n_samples})"
+                )
             parts.append(idx)
         if not parts:
             return np.arange(self.n_samples)
@@ -401,10 +543,11 @@ class ARCHS4File:
         return self._index
 
     def _read(self, samples, **kw):
-        idx = self.chunk_index if _engine.fast_path_problem(self.expression) is None else None
-        return _engine.read_matrix(
-            self.expression, samples, transposed=self.transposed, index=idx, **kw
-        )
+        with damaged_file_errors(self.path, "data/expression"):
+            idx = self.chunk_index if _engine.fast_path_problem(self.expression) is None else None
+            return _engine.read_matrix(
+                self.expression, samples, transposed=self.transposed, index=idx, **kw
+            )
 
     def read(
         self,
@@ -462,6 +605,8 @@ class ARCHS4Source(ExpressionSource):
         corpus writer from the QC figures the engine computes while reading.
     fields : sample metadata fields carried into the corpus' ``samples.tsv`` (default: series,
         title, source name, characteristics, and ``sex``/``tissue`` fields when present).
+    layout : orientation of ``data/expression`` (see :class:`ARCHS4File`); default decided
+        from the metadata lengths.
     """
 
     def __init__(
@@ -474,8 +619,9 @@ class ARCHS4Source(ExpressionSource):
         max_singlecell: float | None = 0.5,
         fields: Sequence[str] | None = None,
         threads: int | None = None,
+        layout: str = "auto",
     ):
-        self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path)
+        self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path, layout=layout)
         self.path = self.file.path
         f = self.file
         if samples is None:
@@ -621,6 +767,8 @@ def chunk_aligned_cuts(column: np.ndarray, block_size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
     """``bulkformer archs4 info|search|qc``: look inside an ARCHS4 file before building."""
+    from ..cli import int_at_least
+
     p = subparsers.add_parser(
         "archs4",
         help="inspect an ARCHS4 gene-level file (layout, metadata search, QC)",
@@ -647,8 +795,8 @@ def add_parser(subparsers) -> None:
     q.add_argument("file")
     q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
     q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
-    q.add_argument("--min-nonzero", type=int, default=14_000)
-    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--min-nonzero", type=int_at_least(0), default=14_000)
+    q.add_argument("--threads", type=int_at_least(1), default=None, help="default: all cores")
     q.add_argument("--out", metavar="TSV", help="write the table here")
     q.set_defaults(func=_cli_qc)
 

@@ -47,6 +47,8 @@ examples:
 
 
 def add_parser(subparsers) -> None:
+    from ..cli import int_at_least
+
     p = subparsers.add_parser(
         "preprocess",
         help="build a standardized training corpus from ARCHS4 / GDC / .h5ad inputs",
@@ -74,6 +76,13 @@ def add_parser(subparsers) -> None:
         nargs="+",
         metavar="GSM",
         help="ARCHS4: keep only these sample IDs (GEO accessions)",
+    )
+    g.add_argument(
+        "--archs4-layout",
+        choices=["auto", "genes-by-samples", "samples-by-genes"],
+        default="auto",
+        help="ARCHS4: orientation of data/expression (default: decided from the lengths of "
+        "meta/genes and meta/samples; a square matrix they cannot tell apart must be stated)",
     )
     g.add_argument(
         "--gdc", metavar="DIR", help="directory of GDC 'STAR - Counts' files (needs --sample-sheet)"
@@ -117,7 +126,7 @@ def add_parser(subparsers) -> None:
     )
     o.add_argument(
         "--min-nonzero",
-        type=int,
+        type=int_at_least(0),
         default=None,
         metavar="N",
         help="QC: drop samples with fewer non-zero genes (default: 14000; 9000 with --demo "
@@ -141,10 +150,12 @@ def add_parser(subparsers) -> None:
         metavar="i/n",
         help="write part i of n (sample ranges); join parts with `bulkformer merge`",
     )
-    o.add_argument("--threads", type=int, help="reader threads (default: all cores)")
+    o.add_argument(
+        "--threads", type=int_at_least(1), metavar="N", help="reader threads (default: all cores)"
+    )
     o.add_argument(
         "--block-size",
-        type=int,
+        type=int_at_least(1),
         default=512,
         metavar="N",
         help="samples per block; memory grows with it (default: 512)",
@@ -245,7 +256,7 @@ def open_sources(args) -> list:
     for f in args.archs4:
         from .archs4 import ARCHS4Source
 
-        sources.append(ARCHS4Source(f, **archs4_kw))
+        sources.append(ARCHS4Source(f, layout=args.archs4_layout, **archs4_kw))
     if archs4_kw and not args.archs4:
         raise ValueError("--search/--search-field/--samples select ARCHS4 samples: add --archs4")
     if args.gdc:

@@ -28,8 +28,21 @@ MODES = {"counts": 0, "log1p_tpm": 1, "z": 2}
 _FILTER_IDS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle"}
 
 
-class EngineError(RuntimeError):
-    """A chunk could not be read or decoded (corrupt or truncated file)."""
+class EngineError(ValueError, RuntimeError):
+    """A chunk could not be read or decoded (corrupt or truncated file).
+
+    A ValueError (bad input: a build stops without offering to resume, since a rerun would
+    meet the same bytes) and, for callers that catch it as such, a RuntimeError.
+    """
+
+
+#: how far from an integer a count stored as a float may be (the rule of every reader)
+COUNT_TOLERANCE = 1e-3
+
+_DAMAGED = (
+    " — the input file is damaged (re-download or repair it): rerunning the same command "
+    "reads the same bytes and fails the same way"
+)
 
 
 def _C():
@@ -139,9 +152,18 @@ class ChunkIndex:
 
 
 def _threads(threads: int | None) -> int:
+    """Worker threads for the engine: 0 means all cores; a negative count is refused."""
+    what = "threads"
     if threads is None:
-        threads = int(os.environ.get("BULKFORMER_THREADS", "0") or 0)
-    return max(0, int(threads))
+        what = "$BULKFORMER_THREADS"
+        text = os.environ.get("BULKFORMER_THREADS", "0") or "0"
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"$BULKFORMER_THREADS={text!r}: expected an integer ≥ 0") from None
+    if int(threads) < 0:
+        raise ValueError(f"{what}={threads}: expected an integer ≥ 0 (0 or None: all cores)")
+    return int(threads)
 
 
 def read_matrix(
@@ -270,7 +292,7 @@ def read_matrix(
             **kw,
         )
     except RuntimeError as e:
-        raise EngineError(str(e)) from None
+        raise EngineError(f"{e}{_DAMAGED}") from None
     return out, nonzero, total
 
 
@@ -287,19 +309,30 @@ def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
         sel = np.flatnonzero((sorted_s >= lo) & (sorted_s < hi))
         rows = order[sel]
         cols = sorted_s[sel] - lo
-        block = ds[lo:hi, :] if transposed else ds[:, lo:hi].T  # (width, genes)
+        try:
+            block = ds[lo:hi, :] if transposed else ds[:, lo:hi].T  # (width, genes)
+        except OSError as e:  # h5py/HDF5: a chunk that does not decode
+            raise EngineError(
+                f"{ds.file.filename}: {ds.name}: cannot read samples {lo}…{hi - 1} ({e}){_DAMAGED}"
+            ) from None
         counts = block[cols]
         if counts.dtype.kind == "u" and counts.dtype.itemsize <= 4:
             counts = np.ascontiguousarray(counts, dtype=np.uint32)
         else:
             counts = np.ascontiguousarray(counts, dtype=np.float64)
             bad = ~np.isfinite(counts) | (counts < 0)
+            what = "non-negative finite counts"
+            if not bad.any():  # counts are integers everywhere (within COUNT_TOLERANCE)
+                bad = np.abs(counts - np.rint(counts)) > COUNT_TOLERANCE
+                what = (
+                    "integer counts (within 1e-3); round estimated counts (RSEM, salmon, "
+                    "kallisto) before building"
+                )
             if bad.any():
                 r, g = np.argwhere(bad)[0]
                 raise ValueError(
                     f"{ds.file.filename}: {ds.name} holds an invalid count {float(counts[r, g])!r} "
-                    f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected non-negative "
-                    "finite counts"
+                    f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected {what}"
                 )
         sub = dict(kw)
         sub["out"] = None if out is None else np.empty((len(rows), kw["n_out"]), out.dtype)
@@ -333,4 +366,4 @@ def inflate_only(
             threads=_threads(threads),
         )
     except RuntimeError as e:
-        raise EngineError(str(e)) from None
+        raise EngineError(f"{e}{_DAMAGED}") from None

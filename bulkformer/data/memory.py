@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: what the numbers of a matrix source are
 VALUE_KINDS = ("counts", "tpm", "log1p_tpm")
+#: largest possible TPM (one gene holds every read) and log1p(TPM), natural log
+TPM_MAX = 1e6
+LOG1P_TPM_MAX = float(np.log1p(TPM_MAX))
 
 
 def check_value_kind(values: str) -> str:
@@ -66,13 +69,27 @@ def check_values(x: np.ndarray, values: str, where: str, sample_ids: Sequence | 
                 f"{_name(sample_ids, r)}, gene column {c}: expected non-negative {values}"
             )
     if values == "counts" and x.dtype.kind == "f":
-        frac = x != np.floor(x)
+        from .engine import COUNT_TOLERANCE
+
+        frac = np.abs(x - np.rint(x)) > COUNT_TOLERANCE
         if frac.any():
             r, c = np.argwhere(frac)[0]
             raise ValueError(
                 f"{where}: {int(frac.sum())} non-integer value(s), first {x[r, c]!r} at "
-                f"{_name(sample_ids, r)}, gene column {c}: expected raw counts — if the matrix "
-                "holds TPM or log1p(TPM) say so (values='tpm' / 'log1p_tpm', --values)"
+                f"{_name(sample_ids, r)}, gene column {c}: expected raw integer counts (within "
+                f"{COUNT_TOLERANCE:g}) — round estimated counts (RSEM, salmon, kallisto) first; "
+                "if the matrix holds TPM or log1p(TPM) say so (values='tpm' / 'log1p_tpm', --values)"
+            )
+    if values in ("tpm", "log1p_tpm") and x.dtype.kind in "fiu" and x.size:
+        top = TPM_MAX if values == "tpm" else LOG1P_TPM_MAX
+        over = x > top * (1 + 1e-4)  # float32 rounding of a sample that is all one gene
+        if over.any():
+            r, c = np.argwhere(over)[0]
+            raise ValueError(
+                f"{where}: {int(over.sum())} value(s) above {top:.6g}, the most a {values} value "
+                f"can be (TPM sums to 1e6 per sample), first {float(x[r, c])!r} at "
+                f"{_name(sample_ids, r)}, gene column {c}: is the matrix counts, or log2 / "
+                "another scale? (--values counts for raw counts)"
             )
 
 
