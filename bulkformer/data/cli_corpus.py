@@ -120,6 +120,21 @@ def add_parser(subparsers) -> None:
         help="gene reference TSV (default: the embedded protein-coding reference)",
     )
     o.add_argument(
+        "--lengths",
+        metavar="TSV",
+        help="gene lengths (bp) for TPM, columns gene_id and length (any biotype; e.g. from "
+        "`bulkformer genes lengths --gtf`): used for every source gene instead of the embedded "
+        "table",
+    )
+    o.add_argument(
+        "--fallback-length",
+        default="1000",
+        metavar="BP|none",
+        help="length given to reference genes that have none (default 1000); 'none' leaves "
+        "them out of the TPM denominator and marks them missing (logged, and counted in the "
+        "manifest's alignment report)",
+    )
+    o.add_argument(
         "--label",
         metavar="COL",
         help="sample metadata column to keep as the label; splits are stratified by it",
@@ -276,6 +291,22 @@ def open_sources(args) -> list:
     return sources
 
 
+def resolve_label(sources, label: str | None) -> str | None:
+    """``--label`` as a column of every source's sample table: a GDC sample sheet column
+    (``"Project ID"``, as the GDC portal names it) is read from the column the GDC reader
+    stores it in (``cancer_type``)."""
+    if label is None:
+        return None
+    names = {getattr(s, "label_column", lambda x: x)(label) for s in sources}
+    names.discard(label)
+    if len(names) == 1:
+        new = names.pop()
+        if all(new in s.samples.columns for s in sources):
+            log.info("--label %r: the GDC sample sheet column, read as %r", label, new)
+            return new
+    return label
+
+
 def _add_durable(parser) -> None:
     parser.add_argument(
         "--durable",
@@ -297,13 +328,17 @@ def run_preprocess(args) -> int:
         demo_only = args.demo and not (args.archs4 or args.gdc or args.h5ad)
         min_nonzero = 9000 if demo_only else 14000
     reference = GeneReference.from_tsv(args.reference) if args.reference else None
-    sources = open_sources(args)
+    from .lengths import parse_fallback, with_lengths
+
+    fallback = parse_fallback(args.fallback_length)
+    sources = with_lengths(open_sources(args), args.lengths, fallback)
+    label = resolve_label(sources, args.label)
     t0 = time.time()
     result = build_corpus(
         sources,
         args.out,
         reference,
-        label=args.label,
+        label=label,
         min_nonzero=min_nonzero,
         splits=splits,
         seed=args.seed,
