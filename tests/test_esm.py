@@ -449,10 +449,14 @@ def test_not_esm2_checkpoints(tmp_path):
 def test_fasta_without_ensembl_headers(tmp_path, tiny, fixture_data):
     model, _ = tiny
     _, ref = fixture_data
-    p = tmp_path / "uniprot.fa"
-    p.write_text(">sp|P04637|P53_HUMAN Cellular tumor antigen p53\nMEEPQSDPSV\n")
-    with pytest.raises(ValueError, match=r"uniprot\.fa: FASTA record .* without Ensembl 'gene:'"):
+    p = tmp_path / "plain.fa"
+    p.write_text(">P04637 Cellular tumor antigen p53\nMEEPQSDPSV\n")
+    with pytest.raises(ValueError, match=r"plain\.fa: FASTA record .* without Ensembl 'gene:'"):
         embed_genes(p, model, reference=ref, progress=False)
+    q = tmp_path / "uniprot.fa"  # UniProt, but no GN= symbol to map it by
+    q.write_text(">sp|P04637|P53_HUMAN Cellular tumor antigen p53\nMEEPQSDPSV\n")
+    with pytest.raises(ValueError, match=r"uniprot\.fa: none of its 1 UniProt proteins maps"):
+        embed_genes(q, model, reference=ref, progress=False)
 
 
 def test_empty_and_non_fasta(tmp_path):

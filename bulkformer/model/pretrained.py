@@ -111,7 +111,15 @@ def load_pretrained(directory, *, map_location="cpu") -> Pretrained:
         reference.check_same(stats.reference_id, f"{d / STATS_NAME}")
     except ReferenceMismatchError as e:
         raise ReferenceMismatchError(f"{d}: {e}") from None
-    model = BulkFormer.from_pretrained(d, map_location=map_location)
+    from safetensors import SafetensorError
+
+    try:
+        model = BulkFormer.from_pretrained(d, map_location=map_location)
+    except SafetensorError as e:
+        raise ValueError(
+            f"{d / WEIGHTS_NAME}: not a readable safetensors file ({e}); expected the weights "
+            "written by export_pretrained — the file is damaged: export or copy it again"
+        ) from e
     if model.config.reference_id is not None:
         reference.check_same(model.config.reference_id, f"{d / CONFIG_NAME}")
     meta = json.loads((d / META_NAME).read_text()) if (d / META_NAME).exists() else {}
