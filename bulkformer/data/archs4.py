@@ -242,7 +242,7 @@ class ARCHS4File:
         """The common length of 1-D metadata fields (None when there are none), checked up
         front so that a field one entry short fails here, naming it, not later as an IndexError."""
         lengths: dict[str, int] = {}
-        for name, p in fields.items():
+        for p in fields.values():
             shape = self._h5[p].shape
             if shape is None or len(shape) != 1:
                 raise ARCHS4FormatError(
@@ -280,7 +280,8 @@ class ARCHS4File:
         shape = f"{n0:,} × {n1:,}"
         ns = "no sample fields" if n_samples is None else f"{n_samples:,} entries"
         fits = {
-            t: n_genes == (n1 if t else n0) and (n_samples is None or n_samples == (n0 if t else n1))
+            t: n_genes == (n1 if t else n0)
+            and (n_samples is None or n_samples == (n0 if t else n1))
             for t in (False, True)
         }
         stated = self._LAYOUTS[layout]
@@ -413,9 +414,7 @@ class ARCHS4File:
     def genes(self) -> pd.DataFrame:
         """Gene metadata (all fields of meta/genes), one row per gene in file order."""
         with damaged_file_errors(self.path, "meta/genes"):
-            return pd.DataFrame(
-                {k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()}
-            )
+            return pd.DataFrame({k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()})
 
     @cached_property
     def gene_ids(self) -> np.ndarray:

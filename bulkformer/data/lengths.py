@@ -98,11 +98,15 @@ def read_lengths_tsv(path: str | os.PathLike) -> pd.Series:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:
-        raise ValueError(f"{path}: no rows; expected a header 'gene_id<TAB>length' and one row per gene")
+        raise ValueError(
+            f"{path}: no rows; expected a header 'gene_id<TAB>length' and one row per gene"
+        )
     try:
         df = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", dtype=str, keep_default_na=False)
     except pd.errors.ParserError as e:
-        raise ValueError(f"{path}: not a tab-separated table ({' '.join(str(e).split())})") from None
+        raise ValueError(
+            f"{path}: not a tab-separated table ({' '.join(str(e).split())})"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("gene_id", "length") if c not in df.columns]
     if missing:
@@ -193,9 +197,9 @@ def apply_lengths(
         n_hit = int((mapped & np.isfinite(lengths)).sum())
         if mapped.any() and n_hit == 0:
             raise ValueError(
-                f"{table_name}: none of the {int(mapped.sum()):,} genes {where} shares with the "
-                f"reference (e.g. {list(ids[mapped][:3])}) is in the table (IDs there e.g. "
-                f"{list(table.index[:3])}); expected Ensembl gene IDs like the source's"
+                f"{table_name}: lacks all {int(mapped.sum()):,} reference genes of {where} "
+                f"(e.g. {list(ids[mapped][:3])}; IDs in the table e.g. "
+                f"{list(table.index[:3])}): expected Ensembl gene IDs (column gene_id)"
             )
         if mapped.any() and n_hit < MIN_COVERAGE * int(mapped.sum()):
             log.warning(
@@ -314,9 +318,7 @@ class LengthOverride(ExpressionSource):
         return fp
 
 
-def with_lengths(
-    sources, table_path: str | None, fallback: str | float | None = 1000.0
-) -> list:
+def with_lengths(sources, table_path: str | None, fallback: str | float | None = 1000.0) -> list:
     """``sources`` wrapped in :class:`LengthOverride` when a table or a non-default fallback is
     asked for (unchanged otherwise)."""
     fb = parse_fallback(fallback) if isinstance(fallback, str) else fallback

@@ -44,7 +44,9 @@ def check_value_kind(values: str) -> str:
 
 
 def check_values(x: np.ndarray, values: str, where: str, sample_ids: Sequence | None = None):
-    """Raise ValueError on NaN/inf, negative numbers, and non-integers where counts are expected.
+    """Raise ValueError on NaN/inf, negative numbers, non-integers where counts are expected
+    (within ``COUNT_TOLERANCE``, the rule of every reader), and TPM that cannot be TPM: a value
+    above 1e6 (``log1p``: above ln(1e6 + 1)) or a sample whose TPM add up to more than 1e6.
 
     ``x`` is (n, J); ``where`` names the file/field for the message; ``sample_ids`` (n,) name the
     offending sample.
@@ -90,6 +92,16 @@ def check_values(x: np.ndarray, values: str, where: str, sample_ids: Sequence | 
                 f"can be (TPM sums to 1e6 per sample), first {float(x[r, c])!r} at "
                 f"{_name(sample_ids, r)}, gene column {c}: is the matrix counts, or log2 / "
                 "another scale? (--values counts for raw counts)"
+            )
+        xf = np.asarray(x, dtype=np.float64)
+        total = (np.expm1(xf) if values == "log1p_tpm" else xf).sum(axis=1)
+        over = total > TPM_MAX * 1.01  # TPM sums to 1e6 over all genes, less over a subset
+        if over.any():
+            r = int(np.flatnonzero(over)[0])
+            raise ValueError(
+                f"{where}: {int(over.sum())} sample(s) whose TPM add up to more than 1e6, first "
+                f"{_name(sample_ids, r)} with {total[r]:.4g}: expected {values} (TPM sum to 1e6 "
+                "per sample) — is the matrix another unit (FPKM, CPM of a subset, counts)?"
             )
 
 

@@ -145,9 +145,11 @@ def embed_genes(
     }
     if mapping_report is not None:
         meta["protein_mapping"] = mapping_report.summary()
-        meta["mapping"] = os.path.basename(os.fspath(mapping)) if isinstance(
-            mapping, (str, os.PathLike)
-        ) else ("table" if mapping is not None else "")
+        meta["mapping"] = (
+            os.path.basename(os.fspath(mapping))
+            if isinstance(mapping, (str, os.PathLike))
+            else ("table" if mapping is not None else "")
+        )
     if out is not None:
         meta = save_esm_matrix(out, emb, chosen.has_protein, reference, meta)
         if not keep_cache:

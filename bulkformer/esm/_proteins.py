@@ -181,7 +181,9 @@ def read_mapping_table(path: str | os.PathLike) -> pd.DataFrame:
     cols = {c.strip().lower(): c for c in df.columns}
     acc = next((cols[c] for c in ("accession", "uniprot", "uniprot_accession", "protein_id",
                                   "from", "entry") if c in cols), None)  # fmt: skip
-    gid = next((cols[c] for c in ("gene_id", "ensembl_gene_id", "ensembl", "to") if c in cols), None)
+    gid = next(
+        (cols[c] for c in ("gene_id", "ensembl_gene_id", "ensembl", "to") if c in cols), None
+    )
     if acc is None or gid is None:
         if len(df.columns) < 2:
             raise ValueError(
@@ -249,6 +251,7 @@ def map_uniprot(
     *,
     mapping: pd.DataFrame | None = None,
     source: str = "FASTA",
+    mapping_name: str = "the mapping table",
 ) -> tuple[pd.DataFrame, ProteinMapping]:
     """Give UniProt proteins (:func:`read_uniprot_fasta`) the reference genes they belong to.
 
@@ -310,8 +313,8 @@ def map_uniprot(
             f"{reference.id} by {method} (GN= symbols e.g. {ex}, reference symbols e.g. "
             f"{reference.symbols[:3].tolist()}); "
             + (
-                "check that the mapping table's accessions and Ensembl gene IDs are those of "
-                "this FASTA and reference"
+                f"check that the accessions and Ensembl gene IDs of {mapping_name} are those "
+                "of this FASTA and reference"
                 if mapping is not None
                 else "give --mapping ACCESSION_TO_GENE.tsv, or use the proteome of the "
                 "reference's species"
@@ -337,7 +340,10 @@ def read_proteins(
     table = mapping
     if mapping is not None and not isinstance(mapping, pd.DataFrame):
         table = read_mapping_table(mapping)
-    return map_uniprot(read_uniprot_fasta(path), reference, mapping=table, source=path)
+    name = os.fspath(mapping) if isinstance(mapping, (str, os.PathLike)) else "the mapping table"
+    return map_uniprot(
+        read_uniprot_fasta(path), reference, mapping=table, source=path, mapping_name=name
+    )
 
 
 def read_pep_fasta(path: str | os.PathLike) -> pd.DataFrame:
@@ -395,7 +401,7 @@ def read_pep_fasta(path: str | os.PathLike) -> pd.DataFrame:
     if not rows:
         raise ValueError(
             f"{path}: no FASTA records found (empty file?); expected an Ensembl pep FASTA "
-            f"such as Homo_sapiens.GRCh38.pep.all.fa.gz"
+            f"such as Homo_sapiens.GRCh38.pep.all.fa.gz, or a UniProt FASTA"
         )
     df = pd.DataFrame(
         rows, columns=["protein_id", "gene_id", "transcript_id", "symbol", "biotype", "sequence"]

@@ -174,6 +174,8 @@ def run_demo(
 
         source, title = GDCSource(gdc, sample_sheet=sample_sheet), f"GDC {gdc}"
     log.info("demo: preprocessing %s", title)
+    if hasattr(source, "label_column"):  # GDC: the sample sheet's "Project ID" → cancer_type
+        label = source.label_column(label)
     corpus = build_corpus(
         source,
         out / "corpus",

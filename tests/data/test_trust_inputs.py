@@ -45,7 +45,10 @@ def test_square_samples_by_genes_is_refused_then_read_when_stated(tmp_path, caps
         ARCHS4File(sg)
     with pytest.raises(ARCHS4FormatError, match=r"gs\.h5: .*ambiguous"):  # square either way
         ARCHS4File(gs)
-    with ARCHS4File(sg, layout="samples-by-genes") as f, ARCHS4File(gs, layout="genes-by-samples") as g:
+    with (
+        ARCHS4File(sg, layout="samples-by-genes") as f,
+        ARCHS4File(gs, layout="genes-by-samples") as g,
+    ):
         assert f.transposed and not g.transposed
         np.testing.assert_array_equal(f.read(np.arange(n)), g.read(np.arange(n)))
     with pytest.raises(ARCHS4FormatError, match=r"not genes-by-samples"):
@@ -204,21 +207,33 @@ def test_fractional_counts_refused_in_every_reader(tmp_path):
         src.read_block(np.arange(6), src.align(ref))
 
 
-@pytest.mark.parametrize("kind,top", [("log1p_tpm", 13.8155), ("tpm", 1e6)])
-def test_tpm_values_above_their_maximum_refused(tmp_path, kind, top):
+@pytest.mark.parametrize("kind", ["log1p_tpm", "tpm"])
+def test_tpm_values_that_cannot_be_tpm_refused(tmp_path, kind):
     ad = pytest.importorskip("anndata")
     from bulkformer.data.h5ad import H5ADSource
 
     ref = make_reference(37)
-    x = np.full((4, 37), top / 40, dtype=np.float32)
-    x[0, 0] = top  # the largest possible value is fine
-    ad.AnnData(X=x, var=pd.DataFrame(index=ref.gene_ids)).write_h5ad(tmp_path / "a.h5ad")
-    src = H5ADSource(tmp_path / "a.h5ad", values=kind)
+    tpm = np.full((4, 37), 1e6 / 37)
+    tpm[0] = 0
+    tpm[0, 0] = 1e6  # the largest possible value is fine
+
+    def source(name, t, log=None):
+        x = (np.log1p(t) if kind == "log1p_tpm" else t) if log is None else log
+        p = tmp_path / name
+        ad.AnnData(X=x.astype(np.float32), var=pd.DataFrame(index=ref.gene_ids)).write_h5ad(p)
+        return H5ADSource(p, values=kind)
+
+    src = source("a.h5ad", tpm)
     src.read_block(np.arange(4), src.align(ref))
-    x[1, 5] = top * 1.01 if kind == "tpm" else 16.0  # e.g. log2(TPM + 1) of a strong gene
-    ad.AnnData(X=x, var=pd.DataFrame(index=ref.gene_ids)).write_h5ad(tmp_path / "b.h5ad")
-    src = H5ADSource(tmp_path / "b.h5ad", values=kind)
-    with pytest.raises(ValueError, match=rf"b\.h5ad: X: 1 value\(s\) above .* most a {kind}"):
+    big = tpm.copy()
+    big[1, 5] = 1.01e6
+    log2 = np.log2(tpm + 1)  # log2(TPM + 1) given as log1p_tpm: 19.9 > ln(1e6 + 1)
+    src = source("b.h5ad", big, log2 if kind == "log1p_tpm" else None)
+    n = 112 if kind == "log1p_tpm" else 1
+    with pytest.raises(ValueError, match=rf"b\.h5ad: X: {n} value\(s\) above .* most a {kind}"):
+        src.read_block(np.arange(4), src.align(ref))
+    src = source("c.h5ad", np.full((4, 37), 2e6 / 37))  # FPKM-like: values possible, sums not
+    with pytest.raises(ValueError, match=r"c\.h5ad: X: 4 sample\(s\) whose TPM add up to more"):
         src.read_block(np.arange(4), src.align(ref))
 
 
@@ -340,7 +355,7 @@ def test_genes_lengths_from_gtf(tmp_path, capsys):
     before = out.read_bytes()
     assert cli_main(["genes", "lengths", "--gtf", str(g), "--out", str(out)]) == 1
     assert "exists (use --force" in _err(capsys) and out.read_bytes() == before
-    (tmp_path / "x.gtf").write_text("chr1\tsrc\texon\tA\tB\t.\t+\t.\tgene_id \"G\";\n")
+    (tmp_path / "x.gtf").write_text('chr1\tsrc\texon\tA\tB\t.\t+\t.\tgene_id "G";\n')
     rc = cli_main(["genes", "lengths", "--gtf", str(tmp_path / "x.gtf"), "--out", str(out),
                    "--force"])  # fmt: skip
     assert rc == 1 and "x.gtf: exon lines need integer start" in _err(capsys)
@@ -369,8 +384,7 @@ def test_preprocess_lengths_table_and_fallback_none(tmp_path, capsys):
     table = pd.Series(rng.uniform(200, 20000, len(ids)), index=uids)
     table = table.drop(["ENSG00000000005", "ENSG00000000011"])  # two genes without a length
     (tmp_path / "len.tsv").write_text(
-        "# made by hand\ngene_id\tlength\n"
-        + "".join(f"{g}.9\t{v:.3f}\n" for g, v in table.items())
+        "# made by hand\ngene_id\tlength\n" + "".join(f"{g}.9\t{v:.3f}\n" for g, v in table.items())
     )
     lens = table.reindex(uids).to_numpy()
     base = ["preprocess", "--h5ad", str(tmp_path / "in.h5ad"), "--reference",
@@ -400,7 +414,7 @@ def test_preprocess_lengths_table_and_fallback_none(tmp_path, capsys):
         ("gene_id\tlength\nENSG00000000001\t-4\n", r"row 2 \(gene_id 'ENSG00000000001'\)"),
         ("gene_id\tlength\nENSG00000000001\tNA\n", r"has length 'NA'"),
         ("gene_id\tlength\nENSG1.1\t10\nENSG1.2\t20\n", r"gene ENSG1 is listed 2 times"),
-        ("gene_id\tlength\nTP53\t100\nBRCA1\t200\n", r"none of the .* genes .* is in the table"),
+        ("gene_id\tlength\nTP53\t100\nBRCA1\t200\n", r"lacks all 37 reference genes of .*in\.h5ad"),
     ],
 )
 def test_bad_lengths_tables(tmp_path, capsys, text, msg):
