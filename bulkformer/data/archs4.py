@@ -8,7 +8,9 @@ Works on every layout seen across ARCHS4 releases:
   ``readsaligned`` or ``alignedreads``), ``meta/info/version``;
 * the old layout with sample fields as ``meta/Sample_*`` datasets and gene symbols in
   ``meta/genes`` (a dataset) — read as well;
-* a samples × genes ``data/expression`` (detected from the gene count) is read transposed.
+* a samples × genes ``data/expression`` (detected from the lengths of the gene *and* the sample
+  fields; a square matrix they cannot tell apart must be stated, ``layout=``) is read
+  transposed (:mod:`bulkformer.data.archs4_checks`).
 
 Chunk shape and filters are always read from the file. Counts are read by the C++ engine
 (:mod:`bulkformer.data.engine`); metadata fields are loaded one at a time, on demand.
@@ -23,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -36,6 +37,16 @@ import numpy as np
 import pandas as pd
 
 from . import engine as _engine
+from .archs4_checks import (
+    LAYOUTS,
+    ARCHS4FormatError,
+    ARCHS4IndexError,
+    ARCHS4KeyError,
+    damaged_file_errors,
+    field_length,
+    lock_hint,
+    orientation,
+)
 from .genes import strip_version
 from .source import Alignment, Block, ExpressionSource
 
@@ -57,57 +68,6 @@ SERIES_FIELDS = ("series_id", "Sample_series_id")
 ALIGNED_FIELDS = ("readsaligned", "alignedreads", "reads_aligned", "Sample_readsaligned")
 SINGLECELL_FIELDS = ("singlecellprobability", "single_cell_probability")
 DEFAULT_SEARCH_FIELDS = ("title", "source_name_ch1", "characteristics_ch1")
-
-
-class ARCHS4FormatError(ValueError):
-    """The file does not have the ARCHS4 layout (names the file and the field)."""
-
-
-class ARCHS4KeyError(ARCHS4FormatError, KeyError):
-    """A sample field or GEO accession the file lacks: a ValueError with a plain message (for
-    the command line), and a KeyError for callers that look things up."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class ARCHS4IndexError(ARCHS4FormatError, IndexError):
-    """A sample position outside the file: a ValueError and an IndexError."""
-
-
-@contextlib.contextmanager
-def damaged_file_errors(path: str, what: str):
-    """Turn an HDF5/h5py failure while reading ``what`` of ``path`` into an
-    :class:`ARCHS4FormatError` naming both (errors that already name the file pass as they are).
-
-    A damaged file makes h5py raise OSError, KeyError, RuntimeError, TypeError or ValueError
-    with messages such as "Unable to synchronously open object (bad symbol table)" that name
-    neither the file nor the field.
-    """
-    try:
-        yield
-    except ARCHS4FormatError:
-        raise
-    except (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
-        if isinstance(e, ValueError) and path in str(e):
-            raise
-        if isinstance(e, FileNotFoundError):
-            raise
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ARCHS4FormatError(
-            f"{path}: cannot read {what} ({type(e).__name__}: {text}); expected a readable "
-            "ARCHS4 gene-level HDF5 file (damaged or truncated?)"
-        ) from e
-
-
-def lock_hint(e: BaseException) -> str:
-    """A hint to append to an HDF5 open error when the cause is file locking ('' otherwise)."""
-    if "lock" in str(e).lower():
-        return (
-            ": the file is locked — another process has it open for writing (wait for it), or "
-            "the file system does not support locks (then set HDF5_USE_FILE_LOCKING=FALSE)"
-        )
-    return ""
 
 
 def _decode(values: np.ndarray) -> np.ndarray:
@@ -140,7 +100,7 @@ class ARCHS4File:
 
     def __init__(self, path: str | os.PathLike, *, layout: str = "auto"):
         self.path = os.fspath(path)
-        if layout not in self._LAYOUTS:
+        if layout not in LAYOUTS:
             raise ValueError(
                 f"layout {layout!r}: expected one of auto, genes-by-samples, samples-by-genes"
             )
@@ -176,9 +136,11 @@ class ARCHS4File:
             )
         self._sample_fields = self._find_sample_fields()
         self._gene_fields = self._find_gene_fields()
-        n_gene_meta = self._field_length(self._gene_fields, "meta/genes")
-        n_meta = self._field_length(self._sample_fields, "meta/samples")
-        self.transposed = self._orientation(n_gene_meta, n_meta, self.layout)
+        n_gene_meta = field_length(self._h5, self.path, self._gene_fields, "meta/genes")
+        n_meta = field_length(self._h5, self.path, self._sample_fields, "meta/samples")
+        self.transposed = orientation(
+            self.path, self.expression.shape, n_gene_meta, n_meta, self.layout
+        )
         if self.transposed:
             log.info(
                 "%s: data/expression is samples × genes (old layout): reading transposed", self.path
@@ -237,75 +199,6 @@ class ARCHS4File:
                 f"{GENE_ID_FIELDS} or {GENE_SYMBOL_FIELDS})"
             )
         return out
-
-    def _field_length(self, fields: dict[str, str], group: str) -> int | None:
-        """The common length of 1-D metadata fields (None when there are none), checked up
-        front so that a field one entry short fails here, naming it, not later as an IndexError."""
-        lengths: dict[str, int] = {}
-        for p in fields.values():
-            shape = self._h5[p].shape
-            if shape is None or len(shape) != 1:
-                raise ARCHS4FormatError(
-                    f"{self.path}: metadata field {p} has shape {shape}; expected a 1-D array "
-                    f"with one entry per {'gene' if 'genes' in group else 'sample'}"
-                )
-            lengths[p] = int(shape[0])
-        if not lengths:
-            return None
-        values = sorted(set(lengths.values()))
-        if len(values) > 1:
-            common = max(values, key=list(lengths.values()).count)
-            odd = {p: n for p, n in lengths.items() if n != common}
-            ex = ", ".join(f"{p} has {n:,}" for p, n in list(odd.items())[:3])
-            raise ARCHS4FormatError(
-                f"{self.path}: {group} fields differ in length: {ex} entries, the others "
-                f"{common:,}; expected one entry per {'gene' if 'genes' in group else 'sample'} "
-                "in every field (truncated or edited file?)"
-            )
-        return values[0]
-
-    _LAYOUTS = {
-        "auto": None,
-        "genes×samples": False,
-        "genes-by-samples": False,
-        "genes_x_samples": False,
-        "samples×genes": True,
-        "samples-by-genes": True,
-        "samples_x_genes": True,
-    }
-
-    def _orientation(self, n_genes: int | None, n_samples: int | None, layout: str) -> bool:
-        """Whether ``data/expression`` is stored samples × genes, from both metadata lengths."""
-        n0, n1 = self.expression.shape
-        shape = f"{n0:,} × {n1:,}"
-        ns = "no sample fields" if n_samples is None else f"{n_samples:,} entries"
-        fits = {
-            t: n_genes == (n1 if t else n0)
-            and (n_samples is None or n_samples == (n0 if t else n1))
-            for t in (False, True)
-        }
-        stated = self._LAYOUTS[layout]
-        if stated is not None:
-            if not fits[stated]:
-                raise ARCHS4FormatError(
-                    f"{self.path}: data/expression is {shape}, meta/genes has {n_genes:,} entries "
-                    f"and meta/samples {ns}: that is not {layout} (layout given)"
-                )
-            return stated
-        if fits[False] and fits[True]:
-            raise ARCHS4FormatError(
-                f"{self.path}: data/expression is {shape} and meta/genes has {n_genes:,} entries, "
-                f"meta/samples {ns}: genes × samples and samples × genes both fit, so the "
-                "orientation is ambiguous; state it with layout='genes-by-samples' or "
-                "'samples-by-genes' (--archs4-layout)"
-            )
-        if not (fits[False] or fits[True]):
-            raise ARCHS4FormatError(
-                f"{self.path}: data/expression is {shape} but meta/genes has {n_genes:,} entries "
-                f"and meta/samples {ns}: expected genes × samples (or samples × genes) matching "
-                "both"
-            )
-        return fits[True]
 
     # ------------------------------------------------------------------ description
     @property

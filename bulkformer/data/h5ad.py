@@ -49,7 +49,7 @@ def _sparse_dataset(node):
 def open_h5(path: str) -> h5py.File:
     """``h5py.File(path, "r")`` whose failure names the file and, when the cause is a file lock,
     says what to do about it."""
-    from .archs4 import lock_hint
+    from .archs4_checks import lock_hint
 
     try:
         return h5py.File(path, "r")
