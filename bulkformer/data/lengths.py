@@ -33,6 +33,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from .._io import write_atomic
 from .genes import GeneReference, default_gene_lengths, strip_version
 from .normalize import covered_columns, valid_lengths
 from .source import Alignment, Block, ExpressionSource
@@ -155,17 +156,7 @@ def write_lengths_tsv(lengths: pd.Series, path: str | os.PathLike, provenance: d
     for gid, v in zip(lengths.index, vals):
         buf.write(f"{gid}\t{int(v) if as_int else repr(float(v))}\n")
     data = buf.getvalue().encode()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
 
 
 def apply_lengths(
