@@ -287,7 +287,7 @@ def map_uniprot(
             index=upper[upper_ok].to_numpy(),
         )
         gid = df["symbol"].map(exact)
-        gid = gid.fillna(df["symbol"].str.upper().map(loose))
+        gid = gid.where(gid.notna(), df["symbol"].str.upper().map(loose))
         pairs = pd.DataFrame({"protein_id": df["protein_id"], "gene_id": gid}).dropna()
         used_amb = sorted(set(df["symbol"]) & set(ambiguous))
         ambiguous = {k: ambiguous[k] for k in used_amb}
