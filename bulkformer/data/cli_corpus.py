@@ -34,6 +34,11 @@ examples:
   bulkformer preprocess --gdc gdc_download/ --sample-sheet gdc_sample_sheet.tsv \\
       --label "Project ID" --out tcga_corpus
 
+  # TPM with the exon lengths of your own annotation; no 1 kb guess for genes it lacks
+  bulkformer genes lengths --gtf gencode.v36.annotation.gtf.gz --out lengths.tsv
+  bulkformer preprocess --gdc gdc_download/ --sample-sheet gdc_sample_sheet.tsv \\
+      --lengths lengths.tsv --fallback-length none --out tcga_corpus
+
   # BulkFormer's PreBULK (already log1p TPM), standardized like another corpus
   bulkformer preprocess --h5ad PreBULK.h5ad --values log1p_tpm --stats pretrain_corpus \\
       --out prebulk_corpus
@@ -137,7 +142,8 @@ def add_parser(subparsers) -> None:
     o.add_argument(
         "--label",
         metavar="COL",
-        help="sample metadata column to keep as the label; splits are stratified by it",
+        help="sample metadata column to keep as the label; splits are stratified by it (GDC: "
+        "a sample sheet column such as 'Project ID' or 'Sample Type')",
     )
     o.add_argument(
         "--min-nonzero",
