@@ -47,6 +47,7 @@ from .archs4_checks import (
     lock_hint,
     orientation,
 )
+from .corpus.plan import DEFAULT_MIN_NONZERO
 from .genes import strip_version
 from .source import Alignment, Block, ExpressionSource
 
@@ -409,7 +410,7 @@ class ARCHS4File:
         self,
         samples=None,
         *,
-        min_nonzero: int = 14_000,
+        min_nonzero: int = DEFAULT_MIN_NONZERO,
         max_singlecell: float | None = 0.5,
         threads: int | None = None,
     ) -> np.ndarray:
@@ -543,6 +544,15 @@ class ARCHS4Source(ExpressionSource):
                     int((~keep).sum()),
                     max_singlecell,
                 )
+            gone = rows[~keep]
+            self.filtered = pd.DataFrame(  # recorded in the corpus' excluded.tsv
+                {
+                    "reason": [
+                        f"single-cell probability {v:.4g} >= {max_singlecell:g}" for v in scp[gone]
+                    ]
+                },
+                index=pd.Index(f.sample_ids[gone], name="sample_id"),
+            )
             rows = rows[keep]
         if len(rows) == 0:
             raise ValueError(f"{self.path}: no samples selected (check --search/--samples)")
@@ -687,7 +697,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("file")
     q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
     q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
-    q.add_argument("--min-nonzero", type=int_at_least(0), default=14_000)
+    q.add_argument("--min-nonzero", type=int_at_least(0), default=DEFAULT_MIN_NONZERO)
     q.add_argument("--threads", type=int_at_least(1), default=None, help="default: all cores")
     q.add_argument("--out", metavar="TSV", help="write the table here")
     q.set_defaults(func=_cli_qc)
