@@ -57,8 +57,24 @@ class ClassificationResult:
     extra: dict = field(default_factory=dict)
 
 
+def refuse_missing_labels(labels, where: str = "the labels", names=None) -> None:
+    """ValueError when a label is missing (NaN, None or empty): such samples are refused, not
+    turned into a class ``'nan'``; the message counts them and names a few (``names``)."""
+    s = pd.Series(np.asarray(labels, dtype=object))
+    missing = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        idx = np.flatnonzero(missing)
+        ids = idx if names is None else np.asarray(names, dtype=object)[idx]
+        raise ValueError(
+            f"{len(idx)} of {len(s)} samples have no label (NaN, None or empty) in {where}, "
+            f"e.g. {', '.join(map(str, ids[:5]))}: drop them from the input or label them"
+        )
+
+
 def check_labels(labels, n_splits: int | None) -> np.ndarray:
-    """Labels as a string array; ValueError for a single class or classes smaller than K."""
+    """Labels as a string array; ValueError for missing labels, a single class or classes
+    smaller than K."""
+    refuse_missing_labels(labels)
     y = np.asarray(pd.Series(labels).astype(str).to_numpy(), dtype=object)
     if len(y) == 0:
         raise ValueError("no labels: nothing to classify")
@@ -290,8 +306,10 @@ def labels_of(prep, labels) -> np.ndarray:
                 f"no label column {labels!r} in the samples; available: "
                 f"{', '.join(map(str, obs.columns)) or '(none)'}"
             )
+        refuse_missing_labels(obs[labels].to_numpy(), f"column {labels!r}", obs.index)
         return obs[labels].astype(str).to_numpy(dtype=object)
     y = np.asarray(labels, dtype=object)
     if len(y) != prep.n_obs:
         raise ValueError(f"{len(y)} labels for {prep.n_obs} samples")
+    refuse_missing_labels(y)
     return y
