@@ -449,6 +449,13 @@ def test_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path, tiny, monk
         torch.save(data, tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt")
         with pytest.raises(ValueError, match="could not load ESM2 model"):
             load_esm2("esm2_t6_8M_UR50D")
+        # not cached: the "download" (patched, no network) brings the payload
+        os.remove(tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt")
+        fetch = lambda url, dst, *a, **k: torch.save(data, dst)  # noqa: E731
+        monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+        with pytest.raises(ValueError, match="could not load ESM2 model"):
+            load_esm2("esm2_t6_8M_UR50D")
+        assert (tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt").exists()  # it was fetched
     finally:
         torch.hub.set_dir(old)
     assert not marker.exists()

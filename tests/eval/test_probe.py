@@ -1,6 +1,9 @@
 """Probe protocol: folds, metrics against sklearn computed directly, baselines, bad labels."""
 
+import types
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -9,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bulkformer.eval import baselines, linear_probe, make_folds, probe
-from bulkformer.eval.probe import results_table
+from bulkformer.eval.probe import labels_of, results_table
 
 
 def _toy(seed=0, n=60, d=7):
@@ -81,6 +84,10 @@ def test_missing_labels_are_refused_not_made_a_class():
             call()
     with pytest.raises(ValueError, match="1 of 3 samples have no label"):
         make_folds(["a", " ", "b"])
+    obs = pd.DataFrame({"tissue": ["a", np.nan, "b", "a"]}, index=["s1", "s2", "s3", "s4"])
+    prep = types.SimpleNamespace(obs=obs, n_obs=4)
+    with pytest.raises(ValueError, match=r"1 of 4 samples have no label.*column 'tissue'.*s2"):
+        labels_of(prep, "tissue")
 
 
 def test_probe_on_real_corpus(corpus, pretrained):
