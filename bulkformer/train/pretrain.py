@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .._io import exclusive_lock
+from .._io import DirLock
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..model import BulkFormer, BulkFormerConfig
@@ -65,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: lock file of a run directory, held by the process (rank 0) that writes it
-LOCK_NAME = ".lock"
 #: config fields that only change how a step runs, not what it computes
 RUNTIME_CONFIG_FIELDS = ("activation_checkpointing", "attn_backend", "embed_backend")
 
@@ -739,7 +737,7 @@ def pretrain(
     CheckpointWriteError
         A checkpoint could not be written (a full disk); the older checkpoints are intact.
     LockedError
-        Another process is writing the run directory (its ``.lock`` is held).
+        Another process is writing the run directory (``OUT.lock`` is held).
 
     A ``resume`` of a run already at ``steps`` trains nothing, rewrites nothing and returns
     the recorded result with ``already_finished`` set.
@@ -761,8 +759,8 @@ def pretrain(
     try:
         lock = nullcontext()
         if info.is_main:  # one process writes a run directory at a time (rank 0 for a job)
-            out.mkdir(parents=True, exist_ok=True)
-            lock = exclusive_lock(out / LOCK_NAME, what="run directory")
+            out.parent.mkdir(parents=True, exist_ok=True)  # for OUT.lock
+            lock = DirLock(out, what="pretraining run")
         with lock:
             run = _Run(corpus, out, esm, config, opts, info)
             if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
