@@ -104,8 +104,11 @@ def export_pretrained(
         text = json.dumps(json_safe(meta), indent=1, default=str, allow_nan=False)
         (tmp / META_NAME).write_text(text)
         replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: no half-written export left
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            why = e.strerror or str(e)
+            raise OSError(e.errno, f"cannot write the pretrained export {out}: {why}") from e
         raise
     return out
 
