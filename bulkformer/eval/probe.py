@@ -274,6 +274,8 @@ def probe(
     data, pretrained, values, gene_ids, layer, gene_column, how, batch_size, device :
         as :func:`bulkformer.eval.embed`.
     labels : (N,) labels, or the name of an ``obs`` column (AnnData) / ``"label"`` (corpus).
+        A sample without a label (NaN, None, empty) is refused (ValueError counting and naming
+        them), never made a class ``'nan'``: drop such samples from the input first.
     n_splits, split, seed : :func:`make_folds`.
 
     Returns
