@@ -57,8 +57,24 @@ class ClassificationResult:
     extra: dict = field(default_factory=dict)
 
 
+def refuse_missing_labels(labels, where: str = "the labels", names=None) -> None:
+    """ValueError when a label is missing (NaN, None or empty): such samples are refused, not
+    turned into a class ``'nan'``; the message counts them and names a few (``names``)."""
+    s = pd.Series(np.asarray(labels, dtype=object))
+    missing = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        idx = np.flatnonzero(missing)
+        ids = idx if names is None else np.asarray(names, dtype=object)[idx]
+        raise ValueError(
+            f"{len(idx)} of {len(s)} samples have no label (NaN, None or empty) in {where}, "
+            f"e.g. {', '.join(map(str, ids[:5]))}: drop them from the input or label them"
+        )
+
+
 def check_labels(labels, n_splits: int | None) -> np.ndarray:
-    """Labels as a string array; ValueError for a single class or classes smaller than K."""
+    """Labels as a string array; ValueError for missing labels, a single class or classes
+    smaller than K."""
+    refuse_missing_labels(labels)
     y = np.asarray(pd.Series(labels).astype(str).to_numpy(), dtype=object)
     if len(y) == 0:
         raise ValueError("no labels: nothing to classify")
@@ -242,6 +258,7 @@ def probe(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = 0.5,
     how: str = "mean",
     n_splits: int = 5,
     split=None,
@@ -255,9 +272,11 @@ def probe(
 
     Parameters
     ----------
-    data, pretrained, values, gene_ids, layer, gene_column, how, batch_size, device :
-        as :func:`bulkformer.eval.embed`.
+    data, pretrained, values, gene_ids, layer, gene_column, min_gene_overlap, how, batch_size,
+    device : as :func:`bulkformer.eval.embed`.
     labels : (N,) labels, or the name of an ``obs`` column (AnnData) / ``"label"`` (corpus).
+        A sample without a label (NaN, None, empty) is refused (ValueError counting and naming
+        them), never made a class ``'nan'``: drop such samples from the input first.
     n_splits, split, seed : :func:`make_folds`.
 
     Returns
@@ -268,7 +287,13 @@ def probe(
 
     pre = resolve_pretrained(pretrained)
     prep = prepare_input(
-        data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
+        data,
+        pre,
+        values=values,
+        gene_ids=gene_ids,
+        layer=layer,
+        gene_column=gene_column,
+        min_gene_overlap=min_gene_overlap,
     )
     y = labels_of(prep, labels)
     folds = make_folds(y, n_splits=n_splits, seed=seed, split=split)
@@ -290,8 +315,10 @@ def labels_of(prep, labels) -> np.ndarray:
                 f"no label column {labels!r} in the samples; available: "
                 f"{', '.join(map(str, obs.columns)) or '(none)'}"
             )
+        refuse_missing_labels(obs[labels].to_numpy(), f"column {labels!r}", obs.index)
         return obs[labels].astype(str).to_numpy(dtype=object)
     y = np.asarray(labels, dtype=object)
     if len(y) != prep.n_obs:
         raise ValueError(f"{len(y)} labels for {prep.n_obs} samples")
+    refuse_missing_labels(y)
     return y

@@ -68,16 +68,20 @@ def run_pretrain(args) -> int:
     except (NonFiniteLossError, CheckpointMismatchError) as e:
         print(f"bulkformer pretrain: error: {e}", file=sys.stderr)
         return 1
+    if r.already_finished:
+        print(
+            f"{r.out} is already finished at step {r.steps} (--steps {opts.steps}): nothing "
+            "trained; raise --steps and pass --force to train further"
+        )
     if r.pretrained is not None:
         val = (
             f"val MSE {r.val_mse:.4f} vs gene-mean baseline {r.val_baseline:.4f}"
-            if r.val_mse is not None
+            if r.val_mse is not None and r.val_baseline is not None
             else "no validation rows"
         )
-        print(
-            f"{r.steps} steps, train loss {r.train_loss:.4f}, {val}, "
-            f"{r.tokens_per_s:,.0f} tokens/s; model: {r.pretrained}"
-        )
+        loss = "n/a" if r.train_loss is None else f"{r.train_loss:.4f}"
+        tps = "" if r.tokens_per_s is None else f", {r.tokens_per_s:,.0f} tokens/s"
+        print(f"{r.steps} steps, train loss {loss}, {val}{tps}; model: {r.pretrained}")
     return 0
 
 

@@ -57,6 +57,11 @@ class PretrainOptions:
         aliases={"--ddp": "ddp", "--fsdp": "fsdp"},
     )
     resume: bool = option(False, "continue from the newest checkpoint in the run directory")
+    trust_checkpoint: bool = option(
+        False,
+        "--resume: also load a state.pt that needs full unpickling (written by bulkformer "
+        "before checkpoint format 2); runs code from the file, so only for files you wrote",
+    )
     force: bool = option(
         False, "resume although settings changed; without --resume: start an existing run over"
     )

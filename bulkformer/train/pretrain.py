@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .._io import DirLock
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..model import BulkFormer, BulkFormerConfig
@@ -83,10 +84,12 @@ class PretrainResult:
     train_loss: float  # mean training loss over the last logging window
     val_mse: float | None  # masked MSE on the val split at the end
     val_baseline: float | None  # gene-mean baseline (predict z = 0) on the same positions
-    tokens_per_s: float  # global tokens/s over the whole loop (validation, checkpoints included)
+    tokens_per_s: float | None  # global tokens/s over the loop (validation, checkpoints included)
     metrics: Path  # metrics.csv
     config: BulkFormerConfig = None  # type: ignore[assignment]
     history: list = field(default_factory=list)  # the val rows of metrics.csv
+    #: ``resume`` found the run already at ``steps``: nothing was trained or rewritten
+    already_finished: bool = False
 
 
 # ====================================================================== set-up helpers
@@ -109,9 +112,17 @@ def _clean(name: str) -> str:
 
 
 def _rng_state(masker: Masker) -> dict:
+    """The RNG states as tensors and plain containers (``torch.load(weights_only=True)``)."""
+    npst = np.random.get_state(legacy=False)  # MT19937: {"key": uint32 (624,), "pos": int}
     s = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, 625 ints, gauss_next)
+        "numpy": {
+            "bit_generator": npst["bit_generator"],
+            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "masker": masker.get_state().cpu(),
     }
@@ -121,12 +132,22 @@ def _rng_state(masker: Masker) -> dict:
 
 
 def _set_rng_state(s: dict, masker: Masker) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    random.setstate(_tuples(s["python"]))
+    n = s["numpy"]
+    if isinstance(n, dict):
+        key = n["key"].numpy().astype(np.uint32)
+        np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
+    else:  # a trusted checkpoint of format 1 (a numpy state tuple)
+        np.random.set_state(n)
     torch.set_rng_state(s["torch"])
     masker.set_state(s["masker"].to(masker.get_state().device))
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _tuples(v):
+    """Lists back to tuples (``random.setstate`` wants tuples)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -309,7 +330,7 @@ class _Run:
             raise FileNotFoundError(
                 f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}"
             )
-        state = ckpt.load_checkpoint(found[-1][1])
+        state = ckpt.load_latest(self.out, trust=self.opts.trust_checkpoint)
         diffs = ckpt.compare_fingerprints(state["fingerprint"], self.fingerprint)
         if diffs:
             msg = (
@@ -414,6 +435,8 @@ class _Run:
         when due, followed by validation and a checkpoint; then :meth:`_finish`."""
         opts = self.opts
         self._start()
+        if self.step >= opts.steps:
+            return self._already_finished()
         loader = self._loader()
         monitor = self._monitor()
         val = (None, None)  # (val MSE, gene-mean baseline) of the latest validation
@@ -447,7 +470,7 @@ class _Run:
             self.restore()
         elif opts.resume:
             log.warning("--resume: no checkpoint in %s yet, starting from step 0", self.out)
-        if info.is_main:
+        if info.is_main and self.step < opts.steps:  # a finished run's files stay as they are
             self.out.mkdir(parents=True, exist_ok=True)
             run = {
                 "config": self.config.to_dict(),
@@ -563,6 +586,47 @@ class _Run:
         if (opts.ckpt_every and self.step % opts.ckpt_every == 0) or self.step == opts.steps:
             self.save()
 
+    def _already_finished(self) -> PretrainResult:
+        """The result of a resumed run that is at ``steps`` already, read from its export's
+        training summary; nothing is rewritten. Only an export missing (killed after the last
+        checkpoint) is redone, with a fresh validation and no throughput."""
+        from .monitor import read_metrics
+
+        log.warning(
+            "%s is finished (step %d of --steps %d): nothing to train. To train further, "
+            "raise --steps and pass --force",
+            self.out,
+            self.step,
+            self.opts.steps,
+        )
+        try:
+            meta = json.loads((self.out / "pretrained" / "bulkformer.json").read_text())
+            summary = meta["training"]
+            if summary["steps"] != self.step:
+                raise ValueError("the export is of another step")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s/pretrained: %s; exporting the final model again", self.out, e)
+            rows = [r for r in read_metrics(self.out / "metrics.csv") if r["kind"] == "train"]
+            self.window_loss = rows[-1]["loss"] if rows else None
+            res = self._finish(*self.validate(), None)
+            res.already_finished = True
+            return res
+        metrics = self.out / "metrics.csv"
+        return PretrainResult(
+            out=self.out,
+            pretrained=self.out / "pretrained",
+            checkpoint=self.last_ckpt,
+            steps=self.step,
+            train_loss=summary.get("train_loss"),
+            val_mse=summary.get("val_mse"),
+            val_baseline=summary.get("val_gene_mean_baseline"),
+            tokens_per_s=summary.get("tokens_per_s"),
+            metrics=metrics,
+            config=self.config,
+            history=[r for r in read_metrics(metrics) if r["kind"] == "val"],
+            already_finished=True,
+        )
+
     def _finish(self, val_mse, val_base, tps) -> PretrainResult:
         from ..model.pretrained import export_pretrained
         from .monitor import read_metrics
@@ -666,6 +730,17 @@ def pretrain(
         ``force``.
     NonFiniteLossError
         The loss became NaN/inf; the last good checkpoint is kept (and named in the message).
+    CheckpointError
+        ``resume``: every checkpoint is damaged (a damaged newest one is skipped with a
+        warning), or the newest holds pickled objects (older format, planted payload) and not
+        ``trust_checkpoint``.
+    CheckpointWriteError
+        A checkpoint could not be written (a full disk); the older checkpoints are intact.
+    LockedError
+        Another process is writing the run directory (``OUT.lock`` is held).
+
+    A ``resume`` of a run already at ``steps`` trains nothing, rewrites nothing and returns
+    the recorded result with ``already_finished`` set.
     """
     opts = options.pop("options", None)
     if opts is None:
@@ -682,12 +757,17 @@ def pretrain(
         torch.set_num_threads(opts.threads)
     info = setup_distributed(opts.device)
     try:
-        run = _Run(corpus, out, esm, config, opts, info)
-        if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
-            for _, p in ckpt.list_checkpoints(out):
-                shutil.rmtree(p)
-        if info.distributed:
-            dist.barrier()
-        return run.train()
+        lock = nullcontext()
+        if info.is_main:  # one process writes a run directory at a time (rank 0 for a job)
+            out.parent.mkdir(parents=True, exist_ok=True)  # for OUT.lock
+            lock = DirLock(out, what="pretraining run")
+        with lock:
+            run = _Run(corpus, out, esm, config, opts, info)
+            if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
+                for _, p in ckpt.list_checkpoints(out):
+                    shutil.rmtree(p)
+            if info.distributed:
+                dist.barrier()
+            return run.train()
     finally:
         teardown_distributed(info)
