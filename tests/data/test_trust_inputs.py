@@ -164,7 +164,7 @@ def test_damaged_safetensors_is_named(tmp_path):
     d = export_pretrained(model, ref, stats, tmp_path / "pt")
     w = d / "model.safetensors"
     w.write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00{bad}" + w.read_bytes()[15:])
-    with pytest.raises(ValueError, match=r"pt/model\.safetensors: not a readable safetensors"):
+    with pytest.raises(ValueError, match=r"pt/model\.safetensors: (not a readable safetensors|corrupt or modified)"):
         load_pretrained(d)
 
 
@@ -230,7 +230,7 @@ def test_tpm_values_that_cannot_be_tpm_refused(tmp_path, kind):
     log2 = np.log2(tpm + 1)  # log2(TPM + 1) given as log1p_tpm: 19.9 > ln(1e6 + 1)
     src = source("b.h5ad", big, log2 if kind == "log1p_tpm" else None)
     n = 112 if kind == "log1p_tpm" else 1
-    with pytest.raises(ValueError, match=rf"b\.h5ad: X: {n} value\(s\) above .* most a {kind}"):
+    with pytest.raises(ValueError, match=rf"b\.h5ad: X: {n} value\(s\) above .*expected {kind}"):
         src.read_block(np.arange(4), src.align(ref))
     src = source("c.h5ad", np.full((4, 37), 2e6 / 37))  # FPKM-like: values possible, sums not
     with pytest.raises(ValueError, match=r"c\.h5ad: X: 4 sample\(s\) whose TPM add up to more"):
@@ -374,7 +374,7 @@ def _counts_h5ad(tmp_path, ref, seed=0):
 
 def test_preprocess_lengths_table_and_fallback_none(tmp_path, capsys):
     from bulkformer.data.genes import strip_version
-    from bulkformer.data.normalize import log1p_tpm_ref
+    from bulkformer.data.oracle import log1p_tpm_ref
 
     ref = make_reference(37)
     ref.to_tsv(tmp_path / "ref.tsv")
