@@ -368,7 +368,7 @@ def gdc_trials(d):
 def h5ad_trials(d):
     import anndata as ad
 
-    from bulkformer.data.normalize import log1p_tpm_ref
+    from bulkformer.data.oracle import log1p_tpm_ref
 
     ref, rp = _ref(d, 40, first=99_000_000_000)  # IDs the embedded length table lacks
     rng = np.random.default_rng(3)
@@ -477,7 +477,7 @@ GTF = (
 def lengths_trials(d):
     import anndata as ad
 
-    from bulkformer.data.normalize import log1p_tpm_ref
+    from bulkformer.data.oracle import log1p_tpm_ref
 
     T = []
     want = {"ENSG00000000001": 201, "ENSG00000000001_PAR_Y": 101, "ENSG00000000002": 10,
