@@ -129,6 +129,84 @@ def _skip(rows: list, what: str, budget: Budget) -> bool:
 
 
 # ====================================================================== cases
+def _copy_bandwidth(dev, n: int) -> float:
+    """Device copy bandwidth of ``n`` fp32 elements, bytes read + written per second."""
+    import torch
+
+    src = torch.empty(n, device=dev).normal_()
+    dst = torch.empty_like(src)
+    return 2 * n * 4 / _timer(dev, lambda: dst.copy_(src), reps=20)
+
+
+def _embedding_one(fe, dev, B, G, d, dtype, atol) -> dict:
+    """One (d, dtype) configuration of the embedding case."""
+    import torch
+
+    g = torch.Generator().manual_seed(d)
+    x = (2 * torch.randn(B, G, generator=g)).to(dev)
+    hide = (torch.rand(B, G, generator=g) < 0.2).to(dev)
+    wesm = torch.randn(G, d, generator=g).to(dtype).to(dev)
+    ctx = torch.randn(B, d, generator=g).to(dtype).to(dev)
+    em = torch.randn(d, generator=g).to(dev)
+    dout = torch.randn(B, G, d, generator=g).to(dtype).to(dev)
+    ins = (x, hide, wesm, ctx, em)
+
+    def run(fn, ins, dout, **kw):
+        leaves = [t.detach().clone().requires_grad_(True) for t in ins[2:]]
+        out = fn(ins[0], ins[1], *leaves, **kw)
+        out.backward(dout.to(out.dtype))
+        return [out.detach()] + [t.grad for t in leaves]
+
+    f64 = [t.double() if t.is_floating_point() else t for t in ins]
+    ref64 = run(fe.fused_embedding_ref, f64, dout.double())
+    ref = run(fe.fused_embedding_ref, ins, dout)
+    fused = run(fe.fused_embedding, ins, dout, backend="triton")
+    errs, ok = {}, True
+    for key, f, r, o in zip(("out", "dwesm", "dcontext", "de_mask"), fused, ref, ref64):
+        scale = 1.0 + o.abs().max().item()
+        ef = (f.double() - o).abs().max().item()
+        er = (r.double() - o).abs().max().item()
+        errs[key] = {"fused": ef, "reference": er}
+        ok &= ef <= 2 * er + atol * scale
+    del ref64, f64, ref, fused
+    es = wesm.element_size()
+    fwd_bytes = B * G * (4 + 1) + G * d * es + B * d * es + d * 4 + B * G * d * es
+    bwd_bytes = B * G * d * es + B * G + G * d * es
+    fw = lambda fn, **kw: fn(*ins, **kw)  # noqa: E731
+    t_fused = _timer(dev, lambda: fw(fe.fused_embedding, backend="triton"))
+    t_ref = _timer(dev, lambda: fw(fe.fused_embedding_ref))
+    leaves = [t.detach().clone().requires_grad_(True) for t in ins[2:]]
+
+    def step(fn, **kw):
+        out = fn(x, hide, *leaves, **kw)
+        out.backward(dout.to(out.dtype))
+
+    t_fused_fb = _timer(dev, lambda: step(fe.fused_embedding, backend="triton"))
+    t_ref_fb = _timer(dev, lambda: step(fe.fused_embedding_ref))
+    for t in leaves:
+        t.grad = None
+    mem_fused = _peak(dev, lambda: step(fe.fused_embedding, backend="triton"))
+    for t in leaves:
+        t.grad = None
+    mem_ref = _peak(dev, lambda: step(fe.fused_embedding_ref))
+    gbs = fwd_bytes / t_fused / 1e9
+    return {
+        "d": d,
+        "dtype": str(dtype).split(".")[-1],
+        "B": B,
+        "G": G,
+        "errors_within_2x_rule": bool(ok),
+        "errors": errs,
+        "fwd_ms": {"fused": 1e3 * t_fused, "reference": 1e3 * t_ref},
+        "fwd_bwd_ms": {"fused": 1e3 * t_fused_fb, "reference": 1e3 * t_ref_fb},
+        "fwd_GBps": gbs,
+        "fwd_bwd_GBps": (fwd_bytes + bwd_bytes) / t_fused_fb / 1e9,
+        "peak_bytes": {"fused": mem_fused, "reference": mem_ref},
+        "memory_ratio": mem_fused / max(mem_ref, 1),
+        "speedup_fwd": t_ref / t_fused,
+    }
+
+
 def case_embedding(dev, dry: bool, budget: Budget) -> dict:
     """Fused (Triton) vs reference embedding: errors, GB/s vs copy bandwidth, peak memory."""
     import torch
@@ -136,13 +214,7 @@ def case_embedding(dev, dry: bool, budget: Budget) -> dict:
     from bulkformer.model._kernels import import_kernel
 
     fe = import_kernel("fused_embedding")
-    # device copy bandwidth (bytes read + written per second)
-    n = (1 << 16) if dry else (1 << 28)  # 1 GiB of fp32 on a GPU
-    src = torch.empty(n, device=dev).normal_()
-    dst = torch.empty_like(src)
-    t = _timer(dev, lambda: dst.copy_(src), reps=20)
-    copy_bw = 2 * src.numel() * 4 / t
-    del src, dst
+    copy_bw = _copy_bandwidth(dev, (1 << 16) if dry else (1 << 28))  # 1 GiB of fp32 on a GPU
     B, G = (2, 197) if dry else (8, 20010)
     dims = (16, 48) if dry else (256, 512, 768)
     rows = []
@@ -151,72 +223,9 @@ def case_embedding(dev, dry: bool, budget: Budget) -> dict:
             name = f"d={d} {str(dtype).split('.')[-1]}"
             if _skip(rows, name, budget):
                 continue
-            g = torch.Generator().manual_seed(d)
-            x = (2 * torch.randn(B, G, generator=g)).to(dev)
-            hide = (torch.rand(B, G, generator=g) < 0.2).to(dev)
-            wesm = torch.randn(G, d, generator=g).to(dtype).to(dev)
-            ctx = torch.randn(B, d, generator=g).to(dtype).to(dev)
-            em = torch.randn(d, generator=g).to(dev)
-            dout = torch.randn(B, G, d, generator=g).to(dtype).to(dev)
-            ins = (x, hide, wesm, ctx, em)
-
-            def run(fn, ins, dout, **kw):
-                leaves = [t.detach().clone().requires_grad_(True) for t in ins[2:]]
-                out = fn(ins[0], ins[1], *leaves, **kw)
-                out.backward(dout.to(out.dtype))
-                return [out.detach()] + [t.grad for t in leaves]
-
-            f64 = [t.double() if t.is_floating_point() else t for t in ins]
-            ref64 = run(fe.fused_embedding_ref, f64, dout.double())
-            ref = run(fe.fused_embedding_ref, ins, dout)
-            fused = run(fe.fused_embedding, ins, dout, backend="triton")
-            errs, ok = {}, True
-            for key, f, r, o in zip(("out", "dwesm", "dcontext", "de_mask"), fused, ref, ref64):
-                scale = 1.0 + o.abs().max().item()
-                ef = (f.double() - o).abs().max().item()
-                er = (r.double() - o).abs().max().item()
-                errs[key] = {"fused": ef, "reference": er}
-                ok &= ef <= 2 * er + atol * scale
-            del ref64, f64, ref, fused
-            es = wesm.element_size()
-            fwd_bytes = B * G * (4 + 1) + G * d * es + B * d * es + d * 4 + B * G * d * es
-            bwd_bytes = B * G * d * es + B * G + G * d * es
-            fw = lambda fn, **kw: fn(*ins, **kw)  # noqa: E731
-            t_fused = _timer(dev, lambda: fw(fe.fused_embedding, backend="triton"))
-            t_ref = _timer(dev, lambda: fw(fe.fused_embedding_ref))
-            leaves = [t.detach().clone().requires_grad_(True) for t in ins[2:]]
-
-            def step(fn, **kw):
-                out = fn(x, hide, *leaves, **kw)
-                out.backward(dout.to(out.dtype))
-
-            t_fused_fb = _timer(dev, lambda: step(fe.fused_embedding, backend="triton"))
-            t_ref_fb = _timer(dev, lambda: step(fe.fused_embedding_ref))
-            for t in leaves:
-                t.grad = None
-            mem_fused = _peak(dev, lambda: step(fe.fused_embedding, backend="triton"))
-            for t in leaves:
-                t.grad = None
-            mem_ref = _peak(dev, lambda: step(fe.fused_embedding_ref))
-            gbs = fwd_bytes / t_fused / 1e9
-            rows.append(
-                {
-                    "d": d,
-                    "dtype": str(dtype).split(".")[-1],
-                    "B": B,
-                    "G": G,
-                    "errors_within_2x_rule": bool(ok),
-                    "errors": errs,
-                    "fwd_ms": {"fused": 1e3 * t_fused, "reference": 1e3 * t_ref},
-                    "fwd_bwd_ms": {"fused": 1e3 * t_fused_fb, "reference": 1e3 * t_ref_fb},
-                    "fwd_GBps": gbs,
-                    "fwd_bwd_GBps": (fwd_bytes + bwd_bytes) / t_fused_fb / 1e9,
-                    "fwd_frac_of_copy_bw": gbs * 1e9 / copy_bw,
-                    "peak_bytes": {"fused": mem_fused, "reference": mem_ref},
-                    "memory_ratio": mem_fused / max(mem_ref, 1),
-                    "speedup_fwd": t_ref / t_fused,
-                }
-            )
+            row = _embedding_one(fe, dev, B, G, d, dtype, atol)
+            row["fwd_frac_of_copy_bw"] = row["fwd_GBps"] * 1e9 / copy_bw
+            rows.append(row)
     md = [
         "| d | dtype | 2× rule | fused fwd GB/s | of copy BW | fwd+bwd ms (fused / ref) | "
         "peak MiB (fused / ref) |",
@@ -244,11 +253,41 @@ def _sdpa_backends(dev):
     return [(n, getattr(SDPBackend, a)) for n, a in names]
 
 
+def _sdpa_one(dev, ran, q, k, v, do, flops_fwd, row, outs, name, dh) -> None:
+    """Time one forced SDPA backend on (q, k, v); fill ``row``."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    try:
+        with sdpa_kernel([ran]):
+            fwd = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+
+            def fb():
+                F.scaled_dot_product_attention(q, k, v).backward(do)
+
+            with torch.no_grad():
+                outs[(name, dh)] = fwd().float()
+            t_f = _timer(dev, lambda: torch.no_grad()(fwd)(), reps=10)
+            t_fb = _timer(dev, fb, reps=10)
+            q.grad = k.grad = v.grad = None
+        row.update(
+            fwd_ms=1e3 * t_f,
+            fwd_bwd_ms=1e3 * t_fb,
+            fwd_TFLOPs=flops_fwd / t_f / 1e12,
+            fwd_bwd_TFLOPs=3.5 * flops_fwd / t_fb / 1e12,
+        )
+        ref = outs.get(("flash", dh))
+        if ref is not None:
+            row["max_abs_diff_vs_flash"] = (outs[(name, dh)] - ref).abs().max().item()
+    except Exception as e:  # a backend refusing these shapes is a result, not a crash
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+
+
 def case_sdpa(dev, dry: bool, budget: Budget) -> dict:
     """Each SDPA backend forced alone: TFLOP/s forward and forward+backward, bf16."""
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
     B, S, H = (1, 129, 2) if dry else (1, 20010, 16)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -270,31 +309,12 @@ def case_sdpa(dev, dry: bool, budget: Budget) -> dict:
             row = {"backend": name, "head_dim": dh, "B": B, "S": S, "H": H}
             if ran is not backend:
                 row["ran"] = "math (dry run on CPU)"
-            try:
-                with sdpa_kernel([ran]):
-                    fwd = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
-
-                    def fb():
-                        F.scaled_dot_product_attention(q, k, v).backward(do)
-
-                    with torch.no_grad():
-                        outs[(name, dh)] = fwd().float()
-                    t_f = _timer(dev, lambda: torch.no_grad()(fwd)(), reps=10)
-                    t_fb = _timer(dev, fb, reps=10)
-                    q.grad = k.grad = v.grad = None
-                row.update(
-                    fwd_ms=1e3 * t_f,
-                    fwd_bwd_ms=1e3 * t_fb,
-                    fwd_TFLOPs=flops_fwd / t_f / 1e12,
-                    fwd_bwd_TFLOPs=3.5 * flops_fwd / t_fb / 1e12,
-                )
-                ref = outs.get(("flash", dh))
-                if ref is not None:
-                    row["max_abs_diff_vs_flash"] = (outs[(name, dh)] - ref).abs().max().item()
-            except Exception as e:  # a backend refusing these shapes is a result, not a crash
-                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            _sdpa_one(dev, ran, q, k, v, do, flops_fwd, row, outs, name, dh)
             rows.append(row)
-    md = ["| backend | head dim | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd+bwd ms |", "|---|---|---|---|---|"]
+    md = [
+        "| backend | head dim | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd+bwd ms |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if "skipped" in r or "error" in r:
             md.append(f"| {r.get('backend', r.get('skipped'))} | {r.get('head_dim', '')} | "
@@ -502,7 +522,6 @@ def _dist_batches(world: int, dry: bool):
 def _dist_train(model, opt, xs, ms, rows, world, dev):
     """3 AdamW steps with pretrain's loss normalisation: this rank's SSE / global masked count ×
     world (DDP/FSDP average the gradients); returns the global losses."""
-    import torch
     import torch.distributed as dist
 
     losses = []

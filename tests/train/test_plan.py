@@ -130,7 +130,9 @@ def test_fit_gpu_gives_the_largest_micro_batch_that_fits():
 
 
 def test_fit_gpu_falls_back_to_fsdp_when_nothing_fits():
-    cfg = BulkFormerConfig.from_preset("base100m", n_layers=40)  # ~250M: weights, grads, AdamW ~4 GiB
+    cfg = BulkFormerConfig.from_preset(
+        "base100m", n_layers=40
+    )  # ~250M: weights, grads, AdamW ~4 GiB
     res = fit_gpu(cfg, "4GB")
     worlds = {o["fsdp_world"] for o in res.options}
     assert worlds != {1}
