@@ -239,7 +239,7 @@ def case_embedding(dev, dry: bool, budget: Budget) -> dict:
             f"| {r['d']} | {r['dtype']} | {'ok' if r['errors_within_2x_rule'] else 'FAIL'} | "
             f"{r['fwd_GBps']:.0f} | {100 * r['fwd_frac_of_copy_bw']:.0f}% | "
             f"{r['fwd_bwd_ms']['fused']:.2f} / {r['fwd_bwd_ms']['reference']:.2f} | "
-            f"{r['peak_bytes']['fused'] / 2**20:.0f} / {r['peak_bytes']['reference'] / 2**20:.0f} |"
+            f"{r['peak_bytes']['fused'] / 2**20:.2f} / {r['peak_bytes']['reference'] / 2**20:.2f} |"
         )
     ok = all(r.get("errors_within_2x_rule", True) for r in rows)
     return {"copy_GBps": copy_bw / 1e9, "rows": rows, "markdown": md, "ok": ok}

@@ -275,7 +275,14 @@ def plan_memory(
     fused = amp if fused_adamw is None else fused_adamw
     triton = (embed_backend or ("triton" if amp else "torch")) == "triton"
     cfg = config
-    B, G, d, m, H, L = micro_batch, cfg.n_genes, cfg.d_model, cfg.mlp_width, cfg.n_heads, cfg.n_layers
+    B, G, d, m, H, L = (
+        micro_batch,
+        cfg.n_genes,
+        cfg.d_model,
+        cfg.mlp_width,
+        cfg.n_heads,
+        cfg.n_layers,
+    )
     T = B * G  # tokens
     a = 2 if amp else 4  # bytes of an activation element
     n = _counts(cfg)
@@ -385,7 +392,9 @@ class FitResult:
                     f"(peak {format_bytes(o['peak'])})"
                 )
             else:
-                lines.append(f"  {what}: does not fit (micro-batch 1 needs {format_bytes(o['peak'])})")
+                lines.append(
+                    f"  {what}: does not fit (micro-batch 1 needs {format_bytes(o['peak'])})"
+                )
         if self.best is None:
             lines.append("  nothing fits: use FSDP over more GPUs, fewer genes or a smaller preset")
         else:
