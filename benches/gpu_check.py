@@ -54,7 +54,8 @@ CASES = ("embedding", "sdpa", "train_step", "esm", "distributed")
 #: seconds per case on the GPU (the whole run, install included, must stay under 8 minutes)
 BUDGETS = {"embedding": 45, "sdpa": 35, "train_step": 170, "esm": 50, "distributed": 50}
 DRY_BUDGETS = {"embedding": 20, "sdpa": 10, "train_step": 25, "esm": 15, "distributed": 30}
-GRACE = 40  # seconds past its budget before a case's process is killed
+GRACE = 30  # seconds past its budget before a case's process is killed
+COMPILE_S = 60  # seconds a torch.compile'd base100m step is given before it is tried
 #: dense bf16 peak FLOP/s by GPU model (without sparsity)
 PEAK_BF16 = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12))
 
@@ -75,16 +76,25 @@ def peak_flops(name: str | None) -> float | None:
 
 # ====================================================================== helpers (in a case)
 class Budget:
-    """Seconds left for a case; ``over()`` once spent (remaining sizes are then skipped)."""
+    """Seconds left for a case; ``over()`` once spent (remaining sizes are then skipped).
 
-    def __init__(self, seconds: float) -> None:
-        self.t0, self.seconds = time.perf_counter(), seconds
+    ``save(rows)`` writes the rows so far to the case's result file, so a case killed at its
+    hard limit still leaves what it measured."""
+
+    def __init__(self, seconds: float, result: str | None = None) -> None:
+        self.t0, self.seconds, self.result = time.perf_counter(), seconds, result
 
     def left(self) -> float:
         return self.seconds - (time.perf_counter() - self.t0)
 
-    def over(self) -> bool:
-        return self.left() <= 0
+    def over(self, need: float = 0.0) -> bool:
+        return self.left() <= need
+
+    def save(self, rows: list) -> None:
+        if self.result:
+            tmp = self.result + ".tmp"
+            Path(tmp).write_text(json.dumps({"status": "partial", "rows": rows}, default=str))
+            os.replace(tmp, self.result)
 
 
 def _timer(dev, fn, reps: int = 10, warmup: int = 2, max_s: float = 5.0) -> float:
@@ -121,9 +131,14 @@ def _peak(dev, fn) -> int:
     return measure_peak_memory(fn, dev)[1]
 
 
-def _skip(rows: list, what: str, budget: Budget) -> bool:
-    if budget.over():
-        rows.append({"skipped": what, "reason": f"case over its {budget.seconds:.0f} s budget"})
+def _skip(rows: list, what: str, budget: Budget, need: float = 0.0) -> bool:
+    """Record ``what`` as skipped when fewer than ``need`` seconds of the budget are left."""
+    budget.save(rows)
+    if budget.over(need):
+        why = f"case over its {budget.seconds:.0f} s budget"
+        if need:
+            why = f"needs ~{need:.0f} s, {max(budget.left(), 0):.0f} s of the budget left"
+        rows.append({"skipped": what, "reason": why})
         return True
     return False
 
@@ -335,7 +350,7 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
     from torch.nn.attention import sdpa_kernel
 
     from bulkformer.model import BulkFormerConfig
-    from bulkformer.train.plan import measure_train_step, plan_memory
+    from bulkformer.train.plan import format_bytes, measure_train_step, plan_memory
 
     if dry:
         cfg = BulkFormerConfig.from_preset(
@@ -385,32 +400,38 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
             torch.cuda.empty_cache()
         return row
 
-    for mb, ck, comp in settings:
-        name = f"mb={mb} ckpt={'on' if ck else 'off'} compile={'on' if comp else 'off'}"
-        if _skip(rows, name, budget):
-            continue
-        if comp and dry:  # inductor's CPU build takes minutes on a small CI machine
-            rows.append({"skipped": name, "reason": "dry run: torch.compile runs on the GPU only"})
-            continue
+    def run(mb, ck, comp, name, backend=None):
         try:
-            rows.append(one(mb, ck, comp))
+            rows.append(one(mb, ck, comp, backend))
         except Exception as e:
             rows.append({"setting": name, "error": _tail(e)})
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    good = [r for r in rows if "tokens_per_s" in r and not r["compile"]]
+
+    for mb, ck, _ in [s for s in settings if not s[2]]:
+        name = f"mb={mb} ckpt={'on' if ck else 'off'} compile=off"
+        if not _skip(rows, name, budget):
+            run(mb, ck, False, name)
+    good = [r for r in rows if "tokens_per_s" in r]
     if good:  # the fastest eager setting once more under each SDPA backend, forced
         best = max(good, key=lambda r: r["tokens_per_s"])
         for backend in _sdpa_backends(dev)[: 1 if dry else 3]:
             name = f"best eager setting, sdpa={backend[0]}"
-            if _skip(rows, name, budget):
-                continue
-            try:
-                rows.append(one(best["micro_batch"], best["checkpointing"], False, backend))
-            except Exception as e:
-                rows.append({"setting": name, "error": _tail(e)})
+            if not _skip(rows, name, budget):
+                run(best["micro_batch"], best["checkpointing"], False, name, backend)
+    compiled = [s for s in settings if s[2]]
+    if good:  # the best eager setting is compiled first
+        key = (best["micro_batch"], best["checkpointing"], True)
+        compiled = [key] + [s for s in compiled if s != key]
+    for mb, ck, _ in compiled:
+        name = f"mb={mb} ckpt={'on' if ck else 'off'} compile=on"
+        if dry:  # inductor's CPU build takes minutes on a small CI machine
+            rows.append({"skipped": name, "reason": "dry run: torch.compile runs on the GPU only"})
+            continue
+        if not _skip(rows, name, budget, need=COMPILE_S):  # a compile takes ~a minute
+            run(mb, ck, True, name)
     md = [
-        "| micro-batch | ckpt | compile | SDPA | tokens/s | MFU | peak GiB | planner GiB (err) |",
+        "| micro-batch | ckpt | compile | SDPA | tokens/s | MFU | peak | planner (err) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -422,11 +443,13 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
         md.append(
             f"| {r['micro_batch']} | {'on' if r['checkpointing'] else 'off'} | "
             f"{'on' if r['compile'] else 'off'} | {r['sdpa']} | {r['tokens_per_s']:,.0f} | {mfu} | "
-            f"{r['peak_bytes'] / 2**30:.2f} | {r['plan_bytes'] / 2**30:.2f} "
+            f"{format_bytes(r['peak_bytes'])} | {format_bytes(r['plan_bytes'])} "
             f"({100 * r['plan_error']:+.1f}%) |"
         )
     errs = [abs(r["plan_error"]) for r in rows if "plan_error" in r]
+    mfus = [r["mfu"] for r in rows if r.get("mfu") is not None]
     return {
+        "best_mfu": max(mfus) if mfus else None,
         "gpu": gpu,
         "peak_flops": peak,
         "config": cfg.to_dict(),
@@ -677,7 +700,7 @@ def run_case(name: str, dry: bool, budget_s: float, result: str) -> int:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()
     try:
-        res = globals()[f"case_{name}"](dev, dry, Budget(budget_s))
+        res = globals()[f"case_{name}"](dev, dry, Budget(budget_s, result))
         res["status"] = "ok" if res.pop("ok", True) else "checked: FAILED"
     except Exception as e:
         res = {"status": "error", "error": _tail(e)}
@@ -728,7 +751,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or ".", help="output directory")
     p.add_argument("--install", action="store_true", help="pip install the package first")
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
-    p.add_argument("--time-limit", type=float, default=450, help="seconds for the whole run")
+    p.add_argument("--time-limit", type=float, default=420, help="seconds for the whole run")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -780,7 +803,10 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired as e:
                 err = (e.stderr or b"")[-2000:]
                 err = err.decode(errors="replace") if isinstance(err, bytes) else err
-                res = {"status": "error", "error": f"killed after {budget + GRACE:.0f} s: {err}"}
+                res = {"rows": []}
+                if os.path.exists(result):  # what the case measured before it was killed
+                    res = json.loads(Path(result).read_text())
+                res.update(status="error", error=f"killed after {budget + GRACE:.0f} s: {err}")
             res["wall_s"] = time.perf_counter() - t0
             report["cases"][name] = res
             print(f"{name}: {res['status']} in {res['wall_s']:.0f} s", flush=True)
