@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_file, write_atomic
 from .embed import prepare_input, resolve_pretrained, run_model
 
 __all__ = [
@@ -69,12 +70,9 @@ def _chunk_path(parts: Path, i: int) -> Path:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    """``np.save`` through a temporary file renamed over ``path`` (never a half-written file)."""
+    with atomic_file(path, unique=True) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fingerprint(prep, pre, how: str, chunk_rows: int) -> dict:
@@ -105,9 +103,7 @@ def _check_manifest(parts: Path, fp: dict, is_main: bool, barrier) -> None:
             )
     elif is_main:
         parts.mkdir(parents=True, exist_ok=True)
-        tmp = parts / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(fp, indent=1, sort_keys=True))
-        os.replace(tmp, m)
+        write_atomic(m, json.dumps(fp, indent=1, sort_keys=True).encode())
     barrier()
 
 
@@ -277,8 +273,7 @@ def run_embed_cli(args, data, kw: dict) -> int:
         info = dict(adata.uns.get("bulkformer", {}))
         info.update(model=str(args.checkpoint), pooling=args.how, key_added=args.key_added)
         adata.uns["bulkformer"] = info
-        tmp = out.with_name(f".{out.name}.tmp.h5ad")
-        adata.write_h5ad(tmp)
-        os.replace(tmp, out)
+        with atomic_file(out) as tmp:
+            adata.write_h5ad(tmp)
     print(f"wrote {emb.shape[0]:,} × {emb.shape[1]} embeddings to {out}")
     return 0
