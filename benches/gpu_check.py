@@ -379,7 +379,7 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
             )  # fmt: skip
         plan = plan_memory(
             cfg, micro_batch=mb, precision=precision, checkpointing=ck,
-            fused_adamw=dev.type == "cuda", embed_backend="triton" if dev.type == "cuda" else "torch",
+            adamw="fused" if dev.type == "cuda" else "single", embed_backend="triton" if dev.type == "cuda" else "torch",
         )  # fmt: skip
         flops = m["flops_per_token"] * m["tokens_per_s"]
         row = {

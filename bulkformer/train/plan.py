@@ -110,7 +110,7 @@ class MemoryPlan:
     inputs: int  # x, missing, masked of the step's micro-batches
     activations: dict = field(default_factory=dict)  # name → saved bytes
     transient: int = 0  # short-lived buffers at the peak
-    optimizer_temp: int = 0  # scratch of the optimizer step (foreach AdamW: one fp32 copy)
+    optimizer_temp: int = 0  # scratch of the AdamW step (see plan_memory's adamw)
     n_params: int = 0  # all parameters (unsharded)
     flops_model: float = 0.0  # model FLOPs of one micro-batch step (6N + attention)
     flops_hw: float = 0.0  # including the recomputed forward under checkpointing
@@ -224,6 +224,7 @@ def _counts(cfg) -> dict:
         lin_w=cfg.n_layers * lin_w_block + lin_w_root,
         lin_w_block=lin_w_block,
         per_token=cfg.n_layers * block + 2 * d + d + 1,
+        largest=max(G * h, de * d, d * m, 3 * d * d),
     )
 
 
@@ -237,7 +238,7 @@ def plan_memory(
     fsdp_world: int = 1,
     ddp: bool = False,
     accum: int = 1,
-    fused_adamw: bool | None = None,
+    adamw: str | None = None,
     embed_backend: str | None = None,
 ) -> MemoryPlan:
     """Estimate the per-GPU peak memory and FLOPs of one pretraining step.
@@ -252,7 +253,9 @@ def plan_memory(
     fsdp_world : FSDP2 world size (1: no sharding)
     ddp : DDP (adds its gradient buckets: one more fp32 copy of the gradients)
     accum : micro-batches per optimizer step (their inputs are prepared up front)
-    fused_adamw : fused AdamW (no scratch copy); default: True for bf16 (CUDA), else foreach
+    adamw : AdamW implementation: ``"fused"`` (no scratch; what pretrain uses on CUDA),
+        ``"foreach"`` (one fp32 copy of the parameters) or ``"single"`` (torch's CPU default:
+        two fp32 copies of the largest parameter); default fused for bf16, single for fp32
     embed_backend : ``"triton"`` (fused, CUDA) or ``"torch"`` (reference); default by precision
 
     Returns
@@ -272,7 +275,9 @@ def plan_memory(
             raise ValueError(f"plan_memory: {name} must be a positive integer, got {v!r}")
     ckpt = config.activation_checkpointing if checkpointing is None else bool(checkpointing)
     amp = precision == "bf16"
-    fused = amp if fused_adamw is None else fused_adamw
+    adamw = adamw or ("fused" if amp else "single")
+    if adamw not in ("fused", "foreach", "single"):
+        raise ValueError(f"plan_memory: adamw must be fused|foreach|single, got {adamw!r}")
     triton = (embed_backend or ("triton" if amp else "torch")) == "triton"
     cfg = config
     B, G, d, m, H, L = (
@@ -334,7 +339,9 @@ def plan_memory(
     weights16 = 2 * n["lin_w"] if amp else 0
     if amp and W > 1:
         weights16 = 2 * (n["lin_w"] - L * n["lin_w_block"] + 2 * n["lin_w_block"])
-    opt_temp = 0 if fused else 4 * shard(n["total"])
+    opt_temp = {"fused": 0, "foreach": 4 * shard(n["total"]), "single": 8 * shard(n["largest"])}[
+        adamw
+    ]
 
     # ---- FLOPs (the model's formula: 6N + 12·L·d·S per token, context MLP amortised)
     h = cfg.context_width

@@ -64,18 +64,22 @@ def test_block_activation_formula_is_exact(amp):
         # parameters (a wide context MLP) rather than activations dominate
         ({"n_genes": 2000, "d_model": 32, "n_heads": 2, "n_layers": 1, "context_hidden": 256},
          1, False, "fp32"),
+        ({"n_genes": 2000, "d_model": 32, "n_heads": 2, "n_layers": 1, "context_hidden": 256},
+         1, False, "bf16"),
     ],
-    ids=["fp32", "fp32-ckpt", "fp32-odd", "bf16", "params-heavy"],
+    ids=["fp32", "fp32-ckpt", "fp32-odd", "bf16", "params-heavy", "params-heavy-bf16"],
 )  # fmt: skip
 def test_plan_within_15_percent_of_measured_cpu_peak(over, B, ckpt, precision):
     cfg = BulkFormerConfig(**{**SMALL, **over})
     m = measure_train_step(cfg, micro_batch=B, precision=precision, checkpointing=ckpt)
     p = plan_memory(
-        cfg, micro_batch=B, precision=precision, checkpointing=ckpt, fused_adamw=False,
+        cfg, micro_batch=B, precision=precision, checkpointing=ckpt, adamw="single",
         embed_backend="torch",
     )  # fmt: skip
     err = p.peak / m["peak"] - 1
-    assert abs(err) < 0.15, (p.summary(), m["peak"], err)
+    # the requirement is 15 %; the estimate is within ~4 % today, so a drift past 7 % means a
+    # term of the formula (transients, weight copies, ...) no longer matches the code
+    assert abs(err) < 0.07, (p.summary(), m["peak"], err)
     assert m["n_params"] == p.n_params
 
 
