@@ -131,6 +131,18 @@ def _peak(dev, fn) -> int:
     return measure_peak_memory(fn, dev)[1]
 
 
+def _release(dev) -> None:
+    """Drop compiled graphs and cached blocks between settings of a case."""
+    import gc
+
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _skip(rows: list, what: str, budget: Budget, need: float = 0.0) -> bool:
     """Record ``what`` as skipped when fewer than ``need`` seconds of the budget are left."""
     budget.save(rows)
@@ -375,7 +387,7 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
         with ctx:
             m = measure_train_step(
                 cfg, micro_batch=mb, device=dev, precision=precision, checkpointing=ck,
-                compile=comp, steps=3,
+                compile=comp, steps=3, timed_steps=1 if dry else 3,
             )  # fmt: skip
         plan = plan_memory(
             cfg, micro_batch=mb, precision=precision, checkpointing=ck,
@@ -396,8 +408,7 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
             "plan_error": plan.peak / m["peak"] - 1,
             "loss": m["loss"],
         }
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(dev)
         return row
 
     def run(mb, ck, comp, name, backend=None):
@@ -405,8 +416,7 @@ def case_train_step(dev, dry: bool, budget: Budget) -> dict:
             rows.append(one(mb, ck, comp, backend))
         except Exception as e:
             rows.append({"setting": name, "error": _tail(e)})
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            _release(dev)
 
     for mb, ck, _ in [s for s in settings if not s[2]]:
         name = f"mb={mb} ckpt={'on' if ck else 'off'} compile=off"

@@ -575,12 +575,16 @@ def measure_train_step(
     steps: int = 2,
     mask_fraction: float = 0.15,
     seed: int = 0,
+    timed_steps: int = 0,
 ) -> dict:
     """Run ``steps`` pretraining steps of a random model on random data, the way
     :func:`bulkformer.train.pretrain` does (autocast, masked MSE, clipping, AdamW), and measure the
-    last one: peak memory (absolute: alive before the step + peak during it), seconds, tokens/s.
+    last one: peak memory (the step's tensors alive before it + the peak of what it allocates),
+    seconds, tokens/s.
 
-    The first steps build the AdamW state (and compile), so the last is the steady state.
+    The first steps build the AdamW state (and compile), so the last is the steady state. With
+    ``timed_steps``, that many more steps are timed (seconds per step, tokens/s) instead of the
+    measured one (on CPU the profiler slows it down).
     """
     import torch
 
@@ -619,14 +623,21 @@ def measure_train_step(
 
     for _ in range(steps - 1):
         step()
+    # what this step's own tensors hold before it (model, AdamW state, inputs): not the CUDA
+    # allocator's total, which also holds whatever earlier work in the process left behind
+    before = live_tensor_bytes(model, opt, x, missing, masked)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-        before = torch.cuda.memory_allocated(dev)
-    else:
-        before = live_tensor_bytes(model, opt, x, missing, masked)
     t0 = time.perf_counter()
     loss, delta = measure_peak_memory(step, dev)
     dt = time.perf_counter() - t0
+    if timed_steps:  # the speed from steps outside the memory measurement
+        t0 = time.perf_counter()
+        for _ in range(timed_steps):
+            loss = step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        dt = (time.perf_counter() - t0) / timed_steps
     return {
         "peak": before + delta,
         "before": before,
