@@ -6,6 +6,17 @@ case, every other case needs only torch and Triton)::
 
     python benches/gpu_check.py --install --out "$OUT"
 
+With fair-esm carried as a wheel in ``.whl/`` (see benches/RESULTS.md), the whole device
+command is::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site; export PYTHONUNBUFFERED=1; set -o pipefail; \
+      python3 benches/gpu_check.py --install --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
+
+``--install`` runs ``pip install --no-deps --no-build-isolation .`` (no network); when it fails
+the checks run from the source tree instead (the C++ engine is not needed here) and the JSON
+says so. ``--cases a,b`` reruns some cases only.
+
 and on any CPU (CI runs this through ``tests/test_gpu_check.py``; toy sizes, Triton interpreted,
 gloo instead of NCCL)::
 
