@@ -726,6 +726,9 @@ def run_case(name: str, dry: bool, budget_s: float, result: str) -> int:
     except Exception as e:
         res = {"status": "error", "error": _tail(e)}
     res["seconds"] = time.perf_counter() - t0
+    import bulkformer
+
+    res["bulkformer"] = str(Path(bulkformer.__file__).parent)  # installed, or the source tree
     Path(result).write_text(json.dumps(res, indent=1, default=str))
     return 0
 
