@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "live_tensor_bytes",
     "measure_train_step",
     "format_bytes",
+    "run_plan_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -647,3 +649,38 @@ def measure_train_step(
         "n_params": model.num_parameters(),
         "flops_per_token": model.flops_per_token(),
     }
+
+
+# ====================================================================== command line
+def run_plan_cli(args) -> int:
+    """``bulkformer pretrain --plan [--gpu-memory SIZE]``: print the estimate (and what fits).
+
+    The config is ``--config`` (a preset or a JSON file); the gene count that of ``--corpus``
+    when given, else ``--n-genes``, else the config's. ``--batch-size``, ``--precision``
+    (auto = bf16, as on a GPU), ``--checkpointing``, ``--accum`` and ``--fsdp`` (world size from
+    ``WORLD_SIZE`` or ``--fsdp-world``) are those of the run being planned.
+    """
+    from ..model import PRESETS, BulkFormerConfig
+
+    cfg = args.config
+    if cfg in PRESETS:
+        cfg = BulkFormerConfig.from_preset(cfg)
+    else:
+        cfg = BulkFormerConfig.from_json(cfg)
+    n_genes = getattr(args, "n_genes", None)
+    if args.corpus:
+        from ..data.corpus import Corpus
+
+        n_genes = Corpus.open(args.corpus).n_genes
+    precision = "fp32" if args.precision == "fp32" else "bf16"
+    world = getattr(args, "fsdp_world", None) or int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = args.distributed == "fsdp"
+    kw = dict(n_genes=n_genes, precision=precision)
+    plan = plan_memory(
+        cfg, micro_batch=args.batch_size, checkpointing=args.checkpointing or None,
+        fsdp_world=world if fsdp else 1, ddp=not fsdp and world > 1, accum=args.accum, **kw,
+    )  # fmt: skip
+    print(plan.summary())
+    if args.gpu_memory:
+        print(fit_gpu(cfg, args.gpu_memory, accum=args.accum, **kw).summary())
+    return 0

@@ -158,3 +158,22 @@ def test_live_tensor_bytes_counts_shared_storage_once():
     lin = torch.nn.Linear(10, 10)
     assert live_tensor_bytes(t, t[:10], [t]) == 4000
     assert live_tensor_bytes(lin) == 4 * 110
+
+
+def test_pretrain_plan_cli(capsys, corpus64):
+    from bulkformer.cli import main
+
+    assert main(["pretrain", "--config", "base100m", "--plan", "--gpu-memory", "24GB",
+                 "--batch-size", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    want = plan_memory("base100m", micro_batch=2).peak
+    assert "PEAK per GPU" in out and f"{want / 2**30:.2f} GiB" in out
+    best = fit_gpu("base100m", "24GB").best
+    assert f"recommended: --bf16 --batch-size {best['micro_batch']}" in out
+    # the gene count comes from the corpus
+    assert main(["pretrain", "--corpus", str(corpus64.path), "--config", "tiny", "--plan",
+                 "--batch-size", "3", "--precision", "fp32", "--checkpointing"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"{corpus64.n_genes:,} genes, micro-batch 3, fp32, checkpointing on" in out
+    assert main(["pretrain", "--config", "tiny"]) == 1
+    assert "--corpus and --out are required" in capsys.readouterr().err
