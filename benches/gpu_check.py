@@ -591,6 +591,7 @@ def _dist_worker(rank: int, world: int, modes: list, port: int, dry: bool, out: 
     import torch.distributed as dist
 
     from bulkformer.model import BulkFormer
+    from bulkformer.train.distributed import DistInfo, full_state_dicts, wrap_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = torch.cuda.is_available() and not dry
@@ -610,29 +611,22 @@ def _dist_worker(rank: int, world: int, modes: list, port: int, dry: bool, out: 
             try:
                 torch.manual_seed(0)
                 model = BulkFormer(cfg).to(dev)
-                if mode == "ddp":
+                info = DistInfo(rank, world, rank, dev, False)
+                if world > 1:  # the wrapping pretrain uses
+                    wrapped, fsdp = wrap_model(model, info, mode)
+                elif mode == "ddp":  # one GPU: wrap all the same (wrap_model would not)
                     from torch.nn.parallel import DistributedDataParallel as DDP
 
-                    wrapped = DDP(model, device_ids=[rank] if cuda else None)
+                    wrapped, fsdp = DDP(model, device_ids=[rank] if cuda else None), False
                 else:
                     from torch.distributed.fsdp import fully_shard
 
                     for block in model.encoder.blocks:
                         fully_shard(block)
-                    fully_shard(model)
-                    wrapped = model
+                    wrapped, fsdp = fully_shard(model), True
                 opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
                 losses = _dist_train(wrapped, opt, xs, ms, rows, world, dev)
-                if mode == "fsdp":
-                    from torch.distributed.checkpoint.state_dict import (
-                        StateDictOptions,
-                        get_model_state_dict,
-                    )
-
-                    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-                    sd = get_model_state_dict(model, options=o)
-                else:
-                    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                sd, _ = full_state_dicts(model, opt, info, fsdp)
                 results[mode] = {"losses": losses, "state": sd}
             except Exception as e:  # recorded; the other mode still runs
                 results[mode] = {"error": _tail(e)}
