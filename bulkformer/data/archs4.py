@@ -414,8 +414,6 @@ class ARCHS4File:
         mode: str = "counts",
         alignment: Alignment | None = None,
         lengths: np.ndarray | None = None,
-        mean=None,
-        std=None,
         dtype=np.float32,
         out: np.ndarray | None = None,
         threads: int | None = None,
@@ -423,9 +421,9 @@ class ARCHS4File:
     ) -> np.ndarray:
         """Samples × genes matrix for ``samples`` (indices, in the given order).
 
-        ``mode="counts"`` gives raw uint32 counts of all file genes; ``"log1p_tpm"`` and
-        ``"z"`` need gene lengths — from ``alignment`` (which also reorders columns to a
-        reference) or ``lengths`` (file gene order). See :func:`bulkformer.data.engine.read_matrix`.
+        ``mode="counts"`` gives raw uint32 counts of all file genes; ``"log1p_tpm"`` needs gene
+        lengths — from ``alignment`` (which also reorders columns to a reference) or ``lengths``
+        (file gene order). See :func:`bulkformer.data.engine.read_matrix`.
         """
         samples = np.asarray(samples, dtype=np.int64)
         gene_map = n_out = None
@@ -437,8 +435,6 @@ class ARCHS4File:
             gene_map=gene_map,
             lengths=lengths,
             n_out=n_out,
-            mean=mean,
-            std=std,
             out=out,
             dtype=dtype,
             qc=False,

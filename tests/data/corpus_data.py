@@ -10,8 +10,13 @@ import numpy as np
 import pandas as pd
 
 from bulkformer.data.genes import GeneReference
-from bulkformer.data.normalize import log1p_tpm_ref, qc_ref, zscore_ref
+from bulkformer.data.oracle import log1p_tpm_ref, qc_ref, zscore_ref
 from bulkformer.data.source import align_genes
+
+#: bound of the engine's float32 log1p(TPM) against the float64 reference (the Cephes log1p and
+#: float32 C/L), also the largest change one normalization path brought to GDC / .h5ad / array
+#: sources (measured 9.54e-07 = one float32 ulp at 8-16, see docs/engine.md)
+LOG1P_ATOL = 2e-6
 
 
 def make_reference(G: int = 37, seed: int = 7) -> GeneReference:
@@ -111,7 +116,7 @@ BUILD_SCRIPT = textwrap.dedent(
     from corpus_data import make_reference, make_source_data
     from bulkformer.data.corpus import build_corpus
     from bulkformer.data.corpus._npy import NpyRows
-    from bulkformer.data.memory import ArraySource
+    from bulkformer.data.array import ArraySource
     if os.environ.get("SLOW"):  # slow down every block (read and standardize) to be killed
         delay, read, rows = float(os.environ["SLOW"]), ArraySource.read_block, NpyRows.rows
         def slow_read(*a, **k):

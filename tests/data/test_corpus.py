@@ -20,6 +20,7 @@ from corpus_data import (
 
 import bulkformer
 from bulkformer.cli import main as cli_main
+from bulkformer.data.array import ArraySource
 from bulkformer.data.corpus import (
     Corpus,
     CorpusPart,
@@ -30,7 +31,6 @@ from bulkformer.data.corpus import (
 )
 from bulkformer.data.corpus._npy import NpyRows
 from bulkformer.data.genes import ReferenceMismatchError
-from bulkformer.data.memory import ArraySource
 
 REPO = str(Path(bulkformer.__file__).resolve().parents[1])
 

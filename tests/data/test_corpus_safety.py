@@ -18,10 +18,10 @@ import bulkformer
 from bulkformer._io import LockedError
 from bulkformer.cli import main as cli_main
 from bulkformer.data.archs4 import ARCHS4Source
+from bulkformer.data.array import ArraySource
 from bulkformer.data.corpus import Corpus, CorpusStats, build_corpus, merge_parts
 from bulkformer.data.derive import derive_corpus
 from bulkformer.data.genes import GeneReference
-from bulkformer.data.memory import ArraySource
 from bulkformer.data.synthetic import make_archs4
 
 REPO = str(Path(bulkformer.__file__).resolve().parents[1])

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..._io import json_bytes, npy_bytes, npz_bytes, replace_dir, tsv_bytes, write_atomic
+from .. import normalize
 from ..genes import GeneReference
 from ..source import Block, ExpressionSource
 from ._npy import NpyRows, open_rows, set_npy_rows
@@ -383,7 +384,6 @@ class _Writer:
     def run_read(self) -> None:
         """Read every block of the shard once: log1p(TPM) → log1p.npy, QC, training stats (or,
         with given statistics, z → expression.npy)."""
-        from ... import _C
 
         plan, prog = self.plan, self.prog
         b0, b1 = plan.shard_blocks
@@ -446,7 +446,7 @@ class _Writer:
                 if self.direct:  # z straight into the file's pages
                     with self.expr.rows(prog.rows_written, len(vals), write=True) as zrows:
                         # one thread: the source's reader threads are busy with the next block
-                        _C.standardize_f16(
+                        normalize.standardize(
                             vals, shift[s : s + 1], scale[s : s + 1], zrows, threads=1
                         )
                 else:
@@ -671,15 +671,8 @@ def write_corpus_tables(d: Path, samples, excluded, stats: CorpusStats) -> None:
 
 
 def z_params(stats: CorpusStats, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(shift, scale), each (n_sources, G) float32, of z = (v − shift[s])·scale[s]: μ and 1/σ,
-    with z = 0 where σ = 0 (or is not finite) and where the gene is missing from source s."""
-    good = np.isfinite(stats.std) & (stats.std > 0)
-    inv = np.where(good, 1.0 / np.where(good, stats.std, 1.0), 0.0)
-    mean = np.where(good, stats.mean, 0.0).astype(np.float32)
-    n_src = len(missing)
-    shift = np.ascontiguousarray(np.broadcast_to(mean, (n_src, len(mean))))
-    scale = np.stack([np.where(~missing[s], inv, 0.0) for s in range(n_src)]).astype(np.float32)
-    return shift, scale
+    """(shift, scale) of :func:`bulkformer.data.normalize.z_params` for these statistics."""
+    return normalize.z_params(stats.mean, stats.std, missing)
 
 
 def standardize(
@@ -698,7 +691,6 @@ def standardize(
     so a block is only converted once every float32 row it may overwrite is committed as done:
     after a kill, the rows still to convert are intact.
     """
-    from ... import _C
 
     N = int(sum(n for _, n in segments))
     shift, scale = z_params(stats, missing)
@@ -721,7 +713,7 @@ def standardize(
         # straight from the page cache to the page cache: both sides memory-mapped (the
         # float16 rows written never overlap the float32 rows read, see above)
         with segments[seg][0].rows(off, n) as v, expr.rows(r, n, write=True) as z:
-            _C.standardize_f16(v, shift, scale, z, source_index[r : r + n])
+            normalize.standardize(v, shift, scale, z, src=source_index[r : r + n])
         prog.rows_done += n
         prog.blocks_done += 1
         now = time.monotonic()
