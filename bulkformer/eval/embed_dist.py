@@ -216,10 +216,12 @@ def embed_distributed(
     device=None,
     progress: bool = True,
     keep_parts: bool = False,
+    **input_options,
 ) -> np.ndarray | None:
     """Embed ``data`` over all ranks of a torchrun job (or one process) into ``out`` (.npy).
 
-    Same inputs as :func:`bulkformer.eval.embed.embed`. Chunks are committed under ``parts``
+    Same inputs as :func:`bulkformer.eval.embed.embed` (further keywords go to
+    :func:`~bulkformer.eval.embed.prepare_input`, e.g. ``min_gene_overlap``). Chunks are committed under ``parts``
     (default ``OUT.parts``); a rerun resumes. Rank 0 writes ``out`` atomically and returns the
     (N, D) array; other ranks return None. ``device`` None: ``cuda:LOCAL_RANK`` when available.
     """
@@ -228,8 +230,9 @@ def embed_distributed(
         out = Path(out)
         pre = resolve_pretrained(pretrained)
         prep = prepare_input(
-            data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
-        )
+            data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column,
+            **input_options,
+        )  # fmt: skip
         parts = Path(parts) if parts is not None else out.with_name(out.name + ".parts")
         emb = embed_sharded(
             prep, pre, parts, how=how, batch_size=batch_size, chunk_rows=chunk_rows,
