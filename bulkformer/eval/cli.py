@@ -121,6 +121,13 @@ def add_parser(subparsers) -> None:
         help=".npy: the (N, D) array; .h5ad: the input's obs with obsm[--key-added]",
     )
     e.add_argument("--key-added", default="X_bulkformer", help="obsm key (X_bulkformer)")
+    e.add_argument(
+        "--parts",
+        metavar="DIR",
+        help="commit chunks of embeddings here and resume from them (default under torchrun: "
+        "OUT.parts); each torchrun rank embeds a contiguous shard",
+    )
+    e.add_argument("--chunk-rows", type=int, default=1024, metavar="N", help="samples per chunk")
     e.set_defaults(func=run_embed)
 
     for name, helptext in (
@@ -202,6 +209,10 @@ def run_embed(args) -> int:
     if out.suffix not in (".npy", ".h5ad"):
         raise ValueError(f"--out {out}: expected a .npy or .h5ad file name")
     kw = _kw(args)
+    from .embed_dist import run_embed_cli, under_torchrun
+
+    if args.parts or under_torchrun():  # sharded over torchrun's ranks, resumable
+        return run_embed_cli(args, data, kw)
     if isinstance(data, Corpus):
         emb = embed(data, args.checkpoint, progress=_progress(args), **kw)
         if out.suffix == ".h5ad":
