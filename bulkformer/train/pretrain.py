@@ -45,6 +45,7 @@ from . import checkpoint as ckpt
 from .data import BatchLoader, BlockOrder, Masker
 from .distributed import DistInfo, setup_distributed, teardown_distributed
 from .monitor import MetricsLog, plot_loss_curve
+from .objectives import pretrain_sse
 
 __all__ = [
     "PretrainOptions",
@@ -551,8 +552,12 @@ class _Run:
         opts = self.opts
         with self._autocast():
             out = module(x, missing=missing, masked=masked)
-        sse = ((out.pred - x).square() * masked).sum()  # fp32
-        loss = sse / count * self.info.world
+        cfg = self.config
+        total, sse, _ = pretrain_sse(  # fp32 sums
+            out, x, masked, cfg.sample_weight, targets=cfg.sample_targets,
+            mask_fraction=opts.mask_fraction,
+        )
+        loss = total / count * self.info.world
         nce = torch.zeros((), device=x.device)
         if opts.contrastive_weight > 0:
             b = len(x) // 2
