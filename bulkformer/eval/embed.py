@@ -264,7 +264,7 @@ def run_model(
     prep: PreparedInput,
     model,
     *,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     device=None,
     gene_level: bool = False,
@@ -272,6 +272,9 @@ def run_model(
     rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Forward ``prep`` through ``model`` in eval mode, no gradients, batch by batch.
+
+    ``how``: ``"sample"`` | ``"mean"`` | ``"max"`` (:meth:`BulkFormerOutput.pool`); ``None``:
+    the model's ``config.pooling``.
 
     Returns
     -------
@@ -322,7 +325,7 @@ def embed(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     device=None,
     key_added: str = "X_bulkformer",
@@ -343,7 +346,10 @@ def embed(
     gene_ids : (J,) Ensembl gene IDs of the numpy columns (required for numpy input).
     layer : AnnData: read ``layers[layer]`` instead of ``X``.
     gene_column : AnnData: ``var`` column with Ensembl IDs (default ``var_names``).
-    how : pooling of gene embeddings over observed genes, ``"mean"`` or ``"max"``.
+    how : the sample embedding: ``"sample"`` (the model's sample vector, trained by the
+        sample-bottleneck objective), or ``"mean"`` / ``"max"`` pooling of the gene embeddings
+        over observed genes. ``None``: the checkpoint's ``config.pooling`` (``"sample"`` for
+        models trained with the sample objective, ``"mean"`` for older ones).
     batch_size : samples per forward pass.
     device : torch device; default CUDA when available, else CPU. The model is moved there.
     key_added : AnnData: ``obsm`` key of the (N, D) embeddings; gene-level ones go to
@@ -366,6 +372,7 @@ def embed(
     kept).
     """
     pre = resolve_pretrained(pretrained)
+    how = how or pre.model.config.pooling
     prep = prepare_input(
         data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
     )

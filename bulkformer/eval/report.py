@@ -108,7 +108,7 @@ def evaluate(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,
@@ -241,7 +241,7 @@ def evaluate(
         "coverage": round(float(prep.coverage), 4),
         "classes": {str(k): int(v) for k, v in pd.Series(y).value_counts().items()},
         "folds": len(folds),
-        "pooling": how,
+        "pooling": how or pre.model.config.pooling,
         "input": prep.kind,
     }
     rep = EvalReport(out, cls, imp, clus, timings, info)
