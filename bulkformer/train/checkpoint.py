@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .._io import replace_dir
+
 __all__ = [
     "CheckpointMismatchError",
     "checkpoint_dir",
@@ -70,14 +72,6 @@ def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _test_sleep(step: int) -> None:
     spec = os.environ.get(_SLEEP_ENV)
     if spec:
@@ -106,15 +100,8 @@ def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) 
         json.dump(meta, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
-    _fsync(tmp)
-    if final.exists():  # rewriting the same step (e.g. the final one after a resume)
-        old = d / f".tmp-old-{step:08d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    _fsync(d)
+    # an existing checkpoint of this step (e.g. the final one after a resume) is swapped out
+    replace_dir(tmp, final, aside=d / f".tmp-old-{step:08d}-{os.getpid()}")
     return final
 
 
