@@ -122,7 +122,7 @@ def impute_eval(
     """
     import torch
 
-    from .embed import resolve_device
+    from .._device import resolve_device
 
     test_rows = np.asarray(test_rows, dtype=np.int64)
     train_rows = np.asarray(train_rows, dtype=np.int64)

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -46,9 +45,6 @@ log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
 META_NAME = "meta.json"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
-#: test hook: ``"STEP:SECONDS"`` sleeps that long inside the write of checkpoint STEP (after
-#: state.pt is written, before the rename), so a test can kill the process mid-write
-_SLEEP_ENV = "BULKFORMER_TRAIN_TEST_CKPT_SLEEP"
 
 
 class CheckpointMismatchError(ValueError):
@@ -72,15 +68,6 @@ def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _test_sleep(step: int) -> None:
-    spec = os.environ.get(_SLEEP_ENV)
-    if spec:
-        s, _, secs = spec.partition(":")
-        if int(s) == step:
-            log.warning("test hook %s: sleeping %s s inside checkpoint %d", _SLEEP_ENV, secs, step)
-            time.sleep(float(secs))
-
-
 def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) -> Path:
     """Write ``state`` (``torch.save``) and ``meta`` (JSON) as checkpoint ``step`` atomically;
     returns the checkpoint directory. An existing checkpoint of the same step is replaced."""
@@ -95,7 +82,6 @@ def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) 
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    _test_sleep(step)
     with open(tmp / META_NAME, "w") as f:
         json.dump(meta, f, indent=1, default=str)
         f.flush()
