@@ -11,12 +11,13 @@ Read top to bottom::
       h    = LayerNorm(Encoder(E))                                # encoder.py
       s    = h[:, 0]                                              # (B, D)     .sample
       h    = h[:, 1:]                                             # (B, G, D)  .hidden
-      pred = Linear(D → 1)(h)                                     # (B, G)     .pred
       sample_pred = SampleDecoder(s)                              # (B, G)     .sample_pred
+      pred = Linear(D → 1)(h) [+ sample_pred]                     # (B, G)     .pred
 
 Pretraining minimises the MSE of ``pred`` against ``x`` at masked, non-missing genes, plus
 ``sample_weight`` × the MSE of ``sample_pred`` at the same genes: every gene the model must
-recover has to pass through the one vector ``s``, which is what makes ``s`` a sample embedding.
+recover has to pass through the one vector ``s``, which is what makes ``s`` a sample embedding. With ``residual_head`` (the default) the token
+head adds a per-gene correction to ``sample_pred``, so ``pred`` is the model's one answer.
 Without ``sample_token`` the sample vector is the context ``c`` (which then does not go through
 the encoder); without both there is none (``sample = None``).
 """
@@ -246,6 +247,8 @@ class BulkFormer(nn.Module):
         sample_pred = None
         if cfg.sample_weight > 0:
             sample_pred = self.sample_decoder(sample, identity)  # (B, G)
+            if cfg.residual_head:  # the token head corrects the sample decoder's value
+                pred = pred + sample_pred
         return BulkFormerOutput(
             pred=pred,
             hidden=h,

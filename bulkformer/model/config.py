@@ -42,6 +42,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "sample_weight": 0.0,
     "sample_decoder": "linear",
     "sample_targets": "observed",
+    "residual_head": False,
     "pooling": "mean",
 }
 
@@ -69,6 +70,8 @@ class BulkFormerConfig:
     sample_token: bool = True  # a learned [SAMPLE] token (+ context) runs through the encoder
     sample_weight: float = 1.0  # weight of the sample-bottleneck objective (0: off, no decoder)
     sample_decoder: str = "linear"  # sample vector → G values: "linear" LN→Linear(d→G) | "gene"
+    residual_head: bool = True  # pred = token head + sample_pred: the per-gene head corrects the
+    # sample decoder's value (only where there is a decoder, i.e. sample_weight > 0)
     sample_targets: str = "observed"  # genes the sample decoder must recover: "observed" (all
     # non-missing, masked included) | "masked" (the masked ones only)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
@@ -108,7 +111,7 @@ class BulkFormerConfig:
             raise bad("init_std", "a positive number")
         if self.pooling not in POOLINGS:
             raise bad("pooling", f"one of {POOLINGS}")
-        for name in ("esm_identity", "context_mlp", "sample_token"):
+        for name in ("esm_identity", "context_mlp", "sample_token", "residual_head"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
         w = self.sample_weight

@@ -111,7 +111,8 @@ def test_sample_weight_zero_removes_the_decoder_only():
     x, missing, masked = _batch()
     a, b = full(x, missing=missing, masked=masked), off(x, missing=missing, masked=masked)
     assert b.sample_pred is None
-    assert torch.equal(a.pred, b.pred) and torch.equal(a.sample, b.sample)
+    assert torch.equal(a.sample, b.sample)
+    torch.testing.assert_close(a.pred, b.pred + a.sample_pred)  # no decoder: no residual
 
 
 def test_sample_token_off_uses_the_context_vector():
@@ -292,3 +293,14 @@ def test_old_checkpoint_loads_with_old_behaviour(tmp_path):
     h = m.head(m.norm(m.encoder(m.embedding(x, hide)))).squeeze(-1)
     torch.testing.assert_close(a.pred, h)
     torch.testing.assert_close(m.embed_samples(x, missing), m(x, missing=missing).pool("mean"))
+
+
+def test_residual_head_adds_the_sample_decoder_to_the_token_head():
+    on, off = _model(), _model(residual_head=False)
+    gone, new = _shared_load(on, off)
+    assert gone == set() and new == set()  # the same parameters
+    x, missing, masked = _batch()
+    a, b = on(x, missing=missing, masked=masked), off(x, missing=missing, masked=masked)
+    torch.testing.assert_close(a.pred, b.pred + b.sample_pred)
+    torch.testing.assert_close(a.sample_pred, b.sample_pred)
+    torch.testing.assert_close(b.pred, off.head(b.hidden).squeeze(-1))
