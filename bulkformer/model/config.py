@@ -63,7 +63,9 @@ class BulkFormerConfig:
     norm_eps: float = 1e-5  # LayerNorm epsilon
     bias: bool = True  # biases in the encoder's Linear layers
     init_std: float = 0.02  # std of the normal init of Linear weights and learned vectors
-    pooling: str = "sample"  # default sample embedding: "sample" (the sample vector) | "mean" | "max"
+    pooling: str = (
+        "sample"  # default sample embedding: "sample" (the sample vector) | "mean" | "max"
+    )
     # ---- ablation switches (each changes only what it names; see docs/model.md)
     esm_identity: bool = True  # gene identity = projected ESM2 row; False: a learned (G, d) table
     context_mlp: bool = True  # add the sample-context MLP(x_masked) to every token

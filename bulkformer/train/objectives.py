@@ -63,6 +63,8 @@ def pretrain_sse(
             keep = out.observed.to(masked.device) | masked  # (B, G): not missing
             sample = mask_fraction * masked_sse(out.sample_pred, x, keep)
         else:
-            raise ValueError(f"pretrain_sse: targets must be 'observed' or 'masked', got {targets!r}")
+            raise ValueError(
+                f"pretrain_sse: targets must be 'observed' or 'masked', got {targets!r}"
+            )
         return token + sample_weight * sample, token, sample
     return token, token, torch.zeros((), device=token.device)

@@ -51,8 +51,8 @@ from .distributed import (
 )
 from .inputs import load_esm, resolve_config
 from .monitor import StepMonitor, plot_loss_curve
-from .options import PretrainOptions, lr_at
 from .objectives import pretrain_sse
+from .options import PretrainOptions, lr_at
 from .validation import BaselineImputers, val_mask
 
 #: the baselines scored beside the model at validation (``val_<name>`` in metrics.csv)
@@ -373,7 +373,11 @@ class _Run:
             out = module(x, missing=missing, masked=masked)
         cfg = self.config
         total, sse, _ = pretrain_sse(  # fp32 sums
-            out, x, masked, cfg.sample_weight, targets=cfg.sample_targets,
+            out,
+            x,
+            masked,
+            cfg.sample_weight,
+            targets=cfg.sample_targets,
             mask_fraction=opts.mask_fraction,
         )
         loss = total / count * self.info.world

@@ -171,7 +171,9 @@ def test_context_mlp_off_drops_the_context_term_only():
     torch.testing.assert_close(e[:, others], e2[:, others])
     with torch.no_grad():
         full.embedding.context[2].weight.normal_()  # context on again: every token changes
-    assert not torch.allclose(full.embedding(x, hide)[:, others], full.embedding(x2, hide)[:, others])
+    assert not torch.allclose(
+        full.embedding(x, hide)[:, others], full.embedding(x2, hide)[:, others]
+    )
 
 
 def test_gene_decoder_uses_gene_identities():

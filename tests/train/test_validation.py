@@ -28,7 +28,7 @@ def test_val_mask_is_per_row_and_per_mask():
 
 def _low_rank(n, G=60, r=3, noise=0.01, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(n, r)) @ rng.normal(size=(r, G)) + noise * rng.normal(size=(n, G)))
+    return rng.normal(size=(n, r)) @ rng.normal(size=(r, G)) + noise * rng.normal(size=(n, G))
 
 
 def test_pca_imputer_recovers_low_rank_data():
