@@ -29,7 +29,7 @@ import pytest
 
 from bulkformer.data.corpus import build_corpus
 from bulkformer.data.genes import GeneReference
-from bulkformer.data.memory import qc_figures, to_log1p_tpm
+from bulkformer.data.matrix import normalize_block
 from bulkformer.data.source import Block, ExpressionSource, align_genes
 
 G = 20_010
@@ -77,8 +77,7 @@ class SyntheticSource(ExpressionSource):
         if self.cached and self._block is not None and len(self._block.nonzero) == len(rows):
             return self._block
         x = self.base[np.asarray(rows) % len(self.base)]
-        nz, tot = qc_figures(x)
-        blk = Block(to_log1p_tpm(x, alignment, "counts"), nz, tot)
+        blk = normalize_block(x, alignment, "counts")
         if self.cached:
             self._block = blk
         return blk

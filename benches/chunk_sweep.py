@@ -3,8 +3,8 @@
 Run: ``python benches/chunk_sweep.py`` (files are generated once under ``.bench_cache/``).
 
 An informational sweep, not a target: for each chunk shape it prints the 1-thread CPU time of
-decoding the chunks (the inflate ceiling) and of normalizing to z-scored float16 over 20,010
-genes, with the gene-major path (default) and with ``BULKFORMER_GENE_MAJOR=0`` (transposing),
+decoding the chunks (the inflate ceiling) and of normalizing to float16 log1p(TPM) over 20,010
+genes, with the gene-major path (default) and with ``engine.set_gene_major(False)`` (transposing),
 each in a fresh process. Gene-major accumulation is used for runs of ≥ 8 requested samples.
 """
 
@@ -29,12 +29,12 @@ _ONE = r"""
 import sys, time, numpy as np, h5py
 from bulkformer.data import engine
 path, S = sys.argv[1], int(sys.argv[2])
+engine.set_gene_major(sys.argv[3] == "1")
 G, N_REF = 67_186, 20_010
 r = np.random.default_rng(0)
 lengths = r.uniform(500, 10_000, G)
 gm = np.full(G, -1, dtype=np.int64)
 gm[r.choice(G, N_REF, replace=False)] = np.arange(N_REF)
-mean, std = r.normal(1, 0.5, N_REF), r.uniform(0.5, 2, N_REF)
 out = np.zeros((S, N_REF), np.float16)
 def best(f, reps=3):
     ts = []
@@ -46,9 +46,8 @@ with h5py.File(path) as f:
     idx = engine.ChunkIndex.from_dataset(ds)
     s = np.arange(S)
     ti = best(lambda: engine.inflate_only(ds, s, threads=1))
-    tz = best(lambda: engine.read_matrix(ds, s, mode="z", gene_map=gm, lengths=lengths,
-                                         n_out=N_REF, mean=mean, std=std, out=out, threads=1,
-                                         index=idx))
+    tz = best(lambda: engine.read_matrix(ds, s, mode="log1p_tpm", gene_map=gm, lengths=lengths,
+                                         n_out=N_REF, out=out, threads=1, index=idx))
 print(ti, tz)
 """
 
@@ -76,13 +75,12 @@ def main() -> None:
                 low_quality_fraction=0.0,
             )
         res = {}
-        for name, env in (("gene-major", {}), ("transposing", {"BULKFORMER_GENE_MAJOR": "0"})):
+        for name, gene_major in (("gene-major", "1"), ("transposing", "0")):
             r = subprocess.run(
-                [sys.executable, "-c", _ONE, str(path), str(S)],
+                [sys.executable, "-c", _ONE, str(path), str(S), gene_major],
                 check=True,
                 capture_output=True,
                 text=True,
-                env=dict(os.environ, **env),
                 cwd=cache,
             )
             res[name] = tuple(map(float, r.stdout.split()))

@@ -12,6 +12,7 @@
 #include "inflate.h"
 #include "half.h"
 #include "normalize.h"
+#include "switches.h"
 
 namespace py = pybind11;
 using namespace bulkformer;
@@ -52,22 +53,16 @@ const T* maybe(const py::object& o, const char* name, int64_t n) {
 // Fills a NormSpec from the common keyword arguments. Arrays stay alive in the caller's frame.
 NormSpec make_spec(int64_t n_rows, const py::object& gene_map, const py::object& lengths,
                    int64_t n_src, int64_t n_out, int mode, const py::object& out,
-                   const py::object& nonzero, const py::object& total, const py::object& mean,
-                   const py::object& stdev, const py::object& stats,
-                   const py::object& stats_rows) {
+                   const py::object& nonzero, const py::object& total) {
   NormSpec s;
   s.n_src = n_src;
   s.n_out = n_out;
-  BF_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (counts), 1 (log1p_tpm) or 2 (z)");
+  BF_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (counts), 1 (log1p_tpm) or 2 (tpm given)");
   s.mode = static_cast<Mode>(mode);
   s.gene_map = need<int64_t>(gene_map, "gene_map", n_src);
   s.lengths = need<double>(lengths, "lengths", n_src);
   for (int64_t j = 0; j < n_src; ++j)
     BF_CHECK(s.gene_map[j] >= -1 && s.gene_map[j] < n_out, "gene_map values must be in [-1, n_out)");
-  if (s.mode == Mode::kZScore) {
-    s.mean = need<double>(mean, "mean", n_out);
-    s.stdev = need<double>(stdev, "std", n_out);
-  }
   if (!out.is_none()) {
     auto a = py::cast<py::array>(out);
     BF_CHECK(a.ndim() == 2 && a.shape(0) == n_rows && a.shape(1) == n_out,
@@ -92,11 +87,6 @@ NormSpec make_spec(int64_t n_rows, const py::object& gene_map, const py::object&
   }
   s.nonzero = nonzero.is_none() ? nullptr : need_mut<int64_t>(nonzero, "nonzero", n_rows);
   s.total = total.is_none() ? nullptr : need_mut<double>(total, "total", n_rows);
-  if (!stats.is_none()) {
-    BF_CHECK(s.mode != Mode::kCounts, "statistics are computed on log1p(TPM), not counts");
-    s.stats = need_mut<double>(stats, "stats", 3 * n_out);
-  }
-  s.stats_rows = maybe<uint8_t>(stats_rows, "stats_rows", n_rows);
   return s;
 }
 
@@ -128,7 +118,19 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "bulkformer C++ engine: HDF5 raw-chunk reader and fused count normalizer";
   m.def("inflate_backend", &inflate_backend,
         "The inflate library in use: libdeflate, or zlib (always built; forced with "
-        "BULKFORMER_INFLATE=zlib).");
+        "set_force_zlib(True)).");
+  // Runtime switches (bit-identical results; for tests and benchmarks). Each returns the
+  // previous setting; the next engine call uses the new one.
+  m.def(
+      "set_simd", [](bool on) { return switches::simd.exchange(on); }, py::arg("enabled"),
+      "AVX2 loops where the CPU has them (True, default) or the portable loops.");
+  m.def(
+      "set_gene_major", [](bool on) { return switches::gene_major.exchange(on); },
+      py::arg("enabled"),
+      "Gene-major accumulation of wide chunk rows (True, default) or always transpose chunks.");
+  m.def(
+      "set_force_zlib", [](bool on) { return switches::force_zlib.exchange(on); },
+      py::arg("enabled"), "Inflate with zlib even when libdeflate was linked (default False).");
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
   m.attr("have_libdeflate") = true;
 #else
@@ -141,14 +143,12 @@ PYBIND11_MODULE(_C, m) {
          int64_t chunk_samples, bool transposed, const std::vector<int>& filters,
          py::object offsets, py::object sizes, py::object masks, py::object samples,
          py::object gene_map, py::object lengths, int64_t n_out, int mode, py::object out,
-         py::object nonzero, py::object total, py::object mean, py::object stdev,
-         py::object stats, py::object stats_rows, int threads, int64_t max_scratch_bytes) {
+         py::object nonzero, py::object total, int threads, int64_t max_scratch_bytes) {
         ChunkedMatrix mat = make_matrix(path, n_genes, n_samples, chunk_genes, chunk_samples,
                                         transposed, filters, offsets, sizes, masks);
         const int64_t n = py::cast<py::array>(samples).size();
         const int64_t* s = need<int64_t>(samples, "samples", n);
-        NormSpec spec = make_spec(n, gene_map, lengths, n_genes, n_out, mode, out, nonzero, total,
-                                  mean, stdev, stats, stats_rows);
+        NormSpec spec = make_spec(n, gene_map, lengths, n_genes, n_out, mode, out, nonzero, total);
         ReadOptions opt;
         opt.threads = threads;
         opt.max_scratch_bytes = max_scratch_bytes;
@@ -159,9 +159,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("chunk_samples"), py::arg("transposed"), py::arg("filters"), py::arg("offsets"),
       py::arg("sizes"), py::arg("masks"), py::arg("samples"), py::arg("gene_map"),
       py::arg("lengths"), py::arg("n_out"), py::arg("mode"), py::arg("out") = py::none(),
-      py::arg("nonzero") = py::none(), py::arg("total") = py::none(),
-      py::arg("mean") = py::none(), py::arg("std") = py::none(), py::arg("stats") = py::none(),
-      py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
+      py::arg("nonzero") = py::none(), py::arg("total") = py::none(), py::arg("threads") = 0,
       py::arg("max_scratch_bytes") = int64_t{256} << 20,
       "Read samples from a chunked genes x samples uint32 HDF5 dataset and normalize them.");
 
@@ -188,13 +186,11 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "normalize_dense",
       [](py::array counts, py::object gene_map, py::object lengths, int64_t n_out, int mode,
-         py::object out, py::object nonzero, py::object total, py::object mean,
-         py::object stdev, py::object stats, py::object stats_rows, int threads) {
+         py::object out, py::object nonzero, py::object total, int threads) {
         BF_CHECK(counts.ndim() == 2, "counts must be 2-D (samples x genes)");
         BF_CHECK(counts.flags() & py::array::c_style, "counts must be C-contiguous");
         const int64_t n = counts.shape(0), j = counts.shape(1);
-        NormSpec spec = make_spec(n, gene_map, lengths, j, n_out, mode, out, nonzero, total, mean,
-                                  stdev, stats, stats_rows);
+        NormSpec spec = make_spec(n, gene_map, lengths, j, n_out, mode, out, nonzero, total);
         if (counts.dtype().is(py::dtype::of<uint32_t>())) {
           const auto* p = static_cast<const uint32_t*>(counts.data());
           py::gil_scoped_release release;
@@ -209,9 +205,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("counts"), py::arg("gene_map"), py::arg("lengths"), py::arg("n_out"),
       py::arg("mode"), py::arg("out") = py::none(), py::arg("nonzero") = py::none(),
-      py::arg("total") = py::none(), py::arg("mean") = py::none(), py::arg("std") = py::none(),
-      py::arg("stats") = py::none(), py::arg("stats_rows") = py::none(), py::arg("threads") = 0,
-      "Normalize counts already in memory (same arithmetic as read_normalize).");
+      py::arg("total") = py::none(), py::arg("threads") = 0,
+      "Normalize numbers already in memory (same arithmetic as read_normalize).");
 
   m.def(
       "block_moments",
@@ -236,7 +231,7 @@ PYBIND11_MODULE(_C, m) {
       "which case the moments are not computed, else -1.");
 
   m.def(
-      "standardize_f16",
+      "standardize",
       [](py::object values, py::object shift, py::object scale, py::object out, py::object src,
          int threads) {
         auto v = py::cast<py::array>(values);
@@ -249,21 +244,31 @@ PYBIND11_MODULE(_C, m) {
         const float* ps = need<float>(shift, "shift", n_src * g);
         const float* pk = need<float>(scale, "scale", n_src * g);
         auto o = py::cast<py::array>(out);
-        BF_CHECK(o.dtype().is(py::dtype("float16")), "out must be float16");
         BF_CHECK(o.ndim() == 2 && o.shape(0) == n && o.shape(1) == g,
                  "out must have the shape of values");
-        auto* po = need_mut<uint16_t>(out.attr("view")(py::dtype::of<uint16_t>()), "out", n * g);
+        void* po = nullptr;
+        OutType ot = OutType::kF16;
+        if (o.dtype().is(py::dtype("float16"))) {
+          po = need_mut<uint16_t>(out.attr("view")(py::dtype::of<uint16_t>()), "out", n * g);
+        } else if (o.dtype().is(py::dtype::of<float>())) {
+          po = need_mut<float>(out, "out", n * g);
+          ot = OutType::kF32;
+        } else {
+          throw std::invalid_argument("out must be float16 or float32");
+        }
+        BF_CHECK(po != static_cast<const void*>(pv), "out must not be values");
         const int64_t* pr = maybe<int64_t>(src, "src", n);
         BF_CHECK(pr != nullptr || n_src == 1, "src is required with more than one source row");
         {
           py::gil_scoped_release release;
-          standardize_f16(pv, n, g, pr, ps, pk, n_src, po, threads);
+          standardize(pv, n, g, pr, ps, pk, n_src, po, ot, threads);
         }
       },
       py::arg("values"), py::arg("shift"), py::arg("scale"), py::arg("out"),
       py::arg("src") = py::none(), py::arg("threads") = 0,
-      "out[r] = float16(clip((values[r] - shift[src[r]]) * scale[src[r]], +-65504)), computed in\n"
-      "float32 (bit-identical to numpy), rows split across threads (0 = all cores).");
+      "out[r] = clip((values[r] - shift[src[r]]) * scale[src[r]], +-65504) as float16 or float32\n"
+      "(out's dtype), computed in float32 (bit-identical to numpy), rows split across threads\n"
+      "(0 = all cores).");
 
   m.def(
       "float_to_half",

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "inflate.h"
+#include "switches.h"
 #include "threadpool.h"
 
 namespace bulkformer {
@@ -170,14 +171,10 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   std::vector<std::vector<uint32_t>> tbuf(threads);
   if (values)
     for (auto& rb : rowbuf) rb.assign(spec.n_out, 0.0f);
-  std::vector<LocalStats> stats(threads);
-  if (spec.stats)
-    for (auto& st : stats) st.reset(spec.n_out);
   std::vector<GroupAcc> groups(threads);
-  // BULKFORMER_GENE_MAJOR=0 forces the transposing path (tests compare the two bit for bit)
-  const char* gm_env = std::getenv("BULKFORMER_GENE_MAJOR");
-  const bool gene_major = !m.transposed && spec.mode != Mode::kCounts &&
-                          !(gm_env && std::strcmp(gm_env, "0") == 0);
+  // set_gene_major(false) forces the transposing path (tests compare the two bit for bit)
+  const bool gene_major =
+      !m.transposed && spec.mode != Mode::kCounts && switches::gene_major.load();
   parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
     const Task& t = tasks[ti];
     const int64_t g = static_cast<int64_t>(t.rows.size());
@@ -230,15 +227,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
         accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
     }
     if (run) flush_group(ga, accs.data());
-    for (int64_t k = 0; k < g; ++k) {
-      const int64_t row = t.rows[k];
-      const bool use = spec.stats && (!spec.stats_rows || spec.stats_rows[row]);
-      finish_sample(plan, accs[k], row, use ? &stats[wid] : nullptr,
-                    values ? rowbuf[wid].data() : nullptr);
-    }
-  }, /*deterministic=*/spec.stats != nullptr);  // statistics: same bits on every run
-  if (spec.stats)
-    for (auto& st : stats) st.merge_into(spec.stats, spec.n_out);
+    for (int64_t k = 0; k < g; ++k)
+      finish_sample(plan, accs[k], t.rows[k], values ? rowbuf[wid].data() : nullptr);
+  });
 }
 
 int64_t read_inflate_only(const ChunkedMatrix& m, const int64_t* samples, int64_t n,

@@ -2,8 +2,9 @@
 
 #include <zlib.h>
 
-#include <cstdlib>
 #include <cstring>
+
+#include "switches.h"
 
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
 #include <libdeflate.h>
@@ -11,17 +12,9 @@
 
 namespace bulkformer {
 
-namespace {
-// BULKFORMER_INFLATE=zlib selects zlib even when libdeflate was linked (tests, benchmarks).
-bool zlib_forced() {
-  const char* v = std::getenv("BULKFORMER_INFLATE");
-  return v && std::strcmp(v, "zlib") == 0;
-}
-}  // namespace
-
 Inflater::Inflater() {
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
-  if (!zlib_forced()) impl_ = libdeflate_alloc_decompressor();
+  if (!switches::force_zlib.load()) impl_ = libdeflate_alloc_decompressor();
 #endif
 }
 

@@ -10,6 +10,7 @@
 
 #include "fastmath.h"
 #include "half.h"
+#include "switches.h"
 #include "threadpool.h"
 
 namespace bulkformer {
@@ -17,8 +18,9 @@ namespace bulkformer {
 NormPlan::NormPlan(const NormSpec& s) : spec(s) {
   inv_len_f.assign(s.n_src, 0.0f);
   covered.assign(s.n_out, 0);
+  const bool given_tpm = s.mode == Mode::kTPM;  // TPM as given: every gene has "length" 1
   for (int64_t j = 0; j < s.n_src; ++j) {
-    const double L = s.lengths ? s.lengths[j] : 1.0;
+    const double L = (s.lengths && !given_tpm) ? s.lengths[j] : 1.0;
     const bool ok = std::isfinite(L) && L > 0;
     inv_len_f[j] = ok ? static_cast<float>(1.0 / L) : 0.0f;
     const int64_t col = s.gene_map[j];
@@ -29,43 +31,11 @@ NormPlan::NormPlan(const NormSpec& s) : spec(s) {
     }
     if (col >= 0 && (ok || s.mode == Mode::kCounts)) covered[col] = 1;
   }
-  if (s.mode == Mode::kZScore) {
-    zmean.resize(s.n_out);
-    zinv.resize(s.n_out);
-    for (int64_t c = 0; c < s.n_out; ++c) {
-      const double sd = s.stdev[c];
-      const bool good = covered[c] && std::isfinite(sd) && sd > 0 && std::isfinite(s.mean[c]);
-      zmean[c] = good ? static_cast<float>(s.mean[c]) : 0.0f;
-      zinv[c] = good ? static_cast<float>(1.0 / sd) : 0.0f;
-    }
-  }
 }
 
 bool NormPlan::needs_values() const {
   // counts accumulate straight into the output row; QC-only calls need no values at all
-  const bool values = spec.out_type != OutType::kNone || spec.stats != nullptr;
-  return values && spec.mode != Mode::kCounts;
-}
-
-void LocalStats::reset(int64_t n_out) {
-  count = 0.0;
-  mean.assign(n_out, 0.0);
-  m2.assign(n_out, 0.0);
-}
-
-void LocalStats::merge_into(double* st, int64_t n_out) const {
-  if (count == 0.0) return;
-  double* cnt = st;
-  double* mu = st + n_out;
-  double* M2 = st + 2 * n_out;
-  for (int64_t c = 0; c < n_out; ++c) {
-    const double n = cnt[c] + count;
-    const double delta = mean[c] - mu[c];
-    const double frac = count / n;
-    mu[c] += delta * frac;
-    M2[c] += m2[c] + delta * delta * cnt[c] * frac;
-    cnt[c] = n;
-  }
+  return spec.out_type != OutType::kNone && spec.mode != Mode::kCounts;
 }
 
 void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals) {
@@ -91,9 +61,11 @@ void begin_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* vals
 // compiler keeps the four lanes in one SIMD register (no reassociation: results are identical
 // to the scalar order), cloned for AVX2 where the CPU has it.
 #ifdef BULKFORMER_X86
-static bool simd_disabled() {
-  const char* v = std::getenv("BULKFORMER_SIMD");
-  return v && std::strcmp(v, "0") == 0;
+// AVX2 loops run when the CPU has AVX2 and switches::simd is on (set_simd(false) forces the
+// portable loops: tests compare the two bit for bit).
+static bool use_avx2() {
+  static const bool cpu = __builtin_cpu_supports("avx2");
+  return cpu && switches::simd.load(std::memory_order_relaxed);
 }
 
 // AVX2 pass 1 for uint32 counts, bit-identical to the scalar lanes: the float of a count is
@@ -171,9 +143,7 @@ static void pass1_lanes(const T* p, const float* inv, int64_t n, double* d4, int
                         double* total_out) {
 #ifdef BULKFORMER_X86
   if constexpr (std::is_same<T, uint32_t>::value) {
-    // BULKFORMER_SIMD=0 forces the portable loop (tests compare the two bit for bit)
-    static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
-    if (avx2) return pass1_u32_avx2(p, inv, n, d4, nnz_out, total_out);
+    if (use_avx2()) return pass1_u32_avx2(p, inv, n, d4, nnz_out, total_out);
   }
 #endif
   pass1_lanes_generic(p, inv, n, d4, nnz_out, total_out);
@@ -192,7 +162,7 @@ void accumulate(const NormPlan& plan, SampleAcc& acc, int64_t g0, int64_t g1, co
                 int64_t stride) {
   const NormSpec& s = plan.spec;
   const int64_t* map = s.gene_map;
-  const bool values = s.out_type != OutType::kNone || s.stats != nullptr;
+  const bool values = s.out_type != OutType::kNone;
   int64_t nnz = 0;
   double total = 0.0;
   if (!values) {  // QC only
@@ -387,8 +357,7 @@ template <bool kValues>
 static void gene_row(const uint32_t* R, int64_t K, float f, double* dl, int32_t* nnz,
                      uint64_t* tot) {
 #ifdef BULKFORMER_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
-  if (avx2) return gene_row_avx2<kValues>(R, K, f, dl, nnz, tot);
+  if (use_avx2()) return gene_row_avx2<kValues>(R, K, f, dl, nnz, tot);
 #endif
   gene_row_generic<kValues>(R, K, f, dl, nnz, tot);
 }
@@ -414,8 +383,7 @@ void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
   const int64_t m0 = lo - mg, nm = hi - lo;
   int64_t k_done = 0;
 #ifdef BULKFORMER_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2") && !simd_disabled();
-  if (avx2) k_done = scatter_vals_avx2(rows, row_stride, g0, lo, nm, inv, K, vals0 + m0,
+  if (use_avx2()) k_done = scatter_vals_avx2(rows, row_stride, g0, lo, nm, inv, K, vals0 + m0,
                                        vals_stride);
 #endif
   constexpr int64_t kTile = 64;  // samples per tile: their vals lines stay in L1 across genes
@@ -441,15 +409,15 @@ void flush_group(const GroupAcc& ga, SampleAcc* accs) {
   }
 }
 
-void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,
-                   float* rowbuf) {
+void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* rowbuf) {
   const NormSpec& s = plan.spec;
   if (s.nonzero) s.nonzero[row] = acc.nonzero;
   if (s.total) s.total[row] = acc.total;
-  if (s.mode == Mode::kCounts || (s.out_type == OutType::kNone && !stats)) return;
+  if (s.mode == Mode::kCounts || s.out_type == OutType::kNone) return;
   const int64_t n = s.n_out;
   const double denom = (acc.denom4[0] + acc.denom4[1]) + (acc.denom4[2] + acc.denom4[3]);
-  const float scale = denom > 0 ? static_cast<float>(1e6 / denom) : 0.0f;
+  float scale = denom > 0 ? static_cast<float>(1e6 / denom) : 0.0f;
+  if (s.mode == Mode::kTPM) scale = 1.0f;  // TPM as given: not renormalized
   float* v = rowbuf;
   // scatter C/L to output columns (duplicates summed in gene order, on every path)
   std::memset(v, 0, sizeof(float) * n);
@@ -457,23 +425,6 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats
   const int64_t nm = plan.n_mapped();
   for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
   log1p_row(v, plan.covered.data(), n, scale);  // log1p(TPM) in place
-  if (stats) {
-    stats->count += 1.0;
-    const double inv_n = 1.0 / stats->count;
-    double* mu = stats->mean.data();
-    double* m2 = stats->m2.data();
-    for (int64_t c = 0; c < n; ++c) {
-      const double x = v[c];
-      const double d = x - mu[c];
-      mu[c] += d * inv_n;
-      m2[c] += d * (x - mu[c]);
-    }
-  }
-  if (s.mode == Mode::kZScore) {
-    const float* zm = plan.zmean.data();
-    const float* zi = plan.zinv.data();
-    for (int64_t c = 0; c < n; ++c) v[c] = (v[c] - zm[c]) * zi[c];
-  }
   if (s.out_type == OutType::kF32) {
     std::memcpy(static_cast<float*>(s.out) + row * s.out_row_stride, v, sizeof(float) * n);
   } else if (s.out_type == OutType::kF16) {
@@ -491,11 +442,9 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
   threads = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(n_tasks, 1)));
   const bool values = plan.needs_values();
   std::vector<std::vector<float>> vals(threads), rowbuf(threads);
-  std::vector<LocalStats> stats(threads);
   for (int t = 0; t < threads; ++t) {
     if (values) vals[t].assign(std::max<int64_t>(plan.n_mapped(), 1), 0.0f);
     if (values) rowbuf[t].assign(spec.n_out, 0.0f);
-    if (spec.stats) stats[t].reset(spec.n_out);
   }
   parallel_for(n_tasks, threads, [&](int wid, int64_t task) {
     const int64_t r0 = task * block, r1 = std::min(n_rows, r0 + block);
@@ -503,13 +452,9 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
       SampleAcc acc;
       begin_sample(plan, acc, r, values ? vals[wid].data() : nullptr);
       accumulate(plan, acc, 0, spec.n_src, counts + r * count_stride, 1);
-      const bool use = spec.stats && (!spec.stats_rows || spec.stats_rows[r]);
-      finish_sample(plan, acc, r, use ? &stats[wid] : nullptr,
-                    values ? rowbuf[wid].data() : nullptr);
+      finish_sample(plan, acc, r, values ? rowbuf[wid].data() : nullptr);
     }
-  }, /*deterministic=*/spec.stats != nullptr);
-  if (spec.stats)
-    for (auto& st : stats) st.merge_into(spec.stats, spec.n_out);
+  });
 }
 
 namespace {
@@ -572,8 +517,10 @@ static void standardize_row(const float* v, const float* shift, const float* sca
   }
 }
 
-void standardize_f16(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
-                     const float* scale, int64_t n_src, uint16_t* out, int threads) {
+void standardize(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
+                 const float* scale, int64_t n_src, void* out, OutType out_type, int threads) {
+  if (out_type != OutType::kF16 && out_type != OutType::kF32)
+    throw std::invalid_argument("standardize writes float16 or float32");
   for (int64_t r = 0; r < n; ++r) {
     const int64_t s = src ? src[r] : 0;
     if (s < 0 || s >= n_src) throw std::invalid_argument("source index out of range");
@@ -581,14 +528,20 @@ void standardize_f16(const float* v, int64_t n, int64_t G, const int64_t* src, c
   threads = resolve_threads(threads);
   const int64_t rows_per_task = std::max<int64_t>(1, (n + 4 * threads - 1) / (4 * threads));
   const int64_t n_tasks = (n + rows_per_task - 1) / rows_per_task;
-  std::vector<std::vector<float>> tmp(std::max(1, threads), std::vector<float>(G));
+  const bool f16 = out_type == OutType::kF16;
+  std::vector<std::vector<float>> tmp(std::max(1, threads), std::vector<float>(f16 ? G : 0));
   parallel_for(n_tasks, threads, [&](int wid, int64_t task) {
-    float* t = tmp[wid].data();
     const int64_t r1 = std::min(n, (task + 1) * rows_per_task);
     for (int64_t r = task * rows_per_task; r < r1; ++r) {
       const int64_t s = src ? src[r] : 0;
-      standardize_row(v + r * G, shift + s * G, scale + s * G, t, G);
-      f32_to_f16_row(t, out + r * G, G);
+      if (f16) {
+        float* t = tmp[wid].data();
+        standardize_row(v + r * G, shift + s * G, scale + s * G, t, G);
+        f32_to_f16_row(t, static_cast<uint16_t*>(out) + r * G, G);
+      } else {
+        standardize_row(v + r * G, shift + s * G, scale + s * G, static_cast<float*>(out) + r * G,
+                        G);
+      }
     }
   });
 }

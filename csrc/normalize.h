@@ -1,11 +1,13 @@
-// Fused count -> TPM -> log1p -> z-score normalization, per-sample QC and streaming per-gene
-// statistics. Pure C++: no Python here. Used by the HDF5 chunk reader (h5reader.cpp) and, for
-// counts already in memory, by normalize_dense().
+// Fused count -> TPM -> log1p normalization and per-sample QC, and the one z-score routine
+// (standardize). Pure C++: no Python here. Used by the HDF5 chunk reader (h5reader.cpp) and, for
+// numbers already in memory (GDC, .h5ad, arrays, the h5py fallback), by normalize_dense().
 //
-// Definitions (DESIGN.md): for sample s and source gene j with length L[j] (bp),
+// Definitions (docs/engine.md): for sample s and source gene j with length L[j] (bp),
 //   TPM[j] = (C[j] / L[j]) / sum_k (C[k] / L[k]) * 1e6   over genes k with a known length,
-//   v = log1p(TPM) mapped to output column gene_map[j] (duplicates summed, -1 dropped),
-//   z = (v - mean) / std  (std == 0 or non-finite -> 0; columns no gene reaches -> 0).
+//   v = log1p(TPM) mapped to output column gene_map[j] (duplicates summed, -1 dropped);
+//   columns no gene reaches are 0. Mode kTPM takes TPM as given (no lengths, no renormalizing).
+//   z = clip((v - shift) * scale, +-65504) with shift = mean, scale = 1/std (0 where std is 0,
+//   not finite, or the gene is missing).
 #pragma once
 
 #include <cstdint>
@@ -14,7 +16,9 @@
 
 namespace bulkformer {
 
-enum class Mode : int { kCounts = 0, kLog1pTPM = 1, kZScore = 2 };
+// kCounts: raw counts summed per output column; kLog1pTPM: counts -> TPM -> log1p;
+// kTPM: the numbers are TPM already -> log1p (lengths ignored, every mapped gene covered).
+enum class Mode : int { kCounts = 0, kLog1pTPM = 1, kTPM = 2 };
 enum class OutType : int { kNone = 0, kF32 = 1, kF16 = 2, kU32 = 3 };
 
 // Everything a normalization call needs; pointers are borrowed (owned by the caller).
@@ -23,19 +27,15 @@ struct NormSpec {
   int64_t n_out = 0;                   // output columns
   const int64_t* gene_map = nullptr;   // [n_src] output column or -1
   const double* lengths = nullptr;     // [n_src] bp; <= 0 or non-finite = unknown
-  const double* mean = nullptr;        // [n_out] (z mode)
-  const double* stdev = nullptr;       // [n_out] (z mode)
   Mode mode = Mode::kLog1pTPM;
-  OutType out_type = OutType::kNone;   // kNone: QC (and stats) only
+  OutType out_type = OutType::kNone;   // kNone: QC only
   void* out = nullptr;                 // [n_rows, n_out] row-major, rows = requested samples
   int64_t out_row_stride = 0;          // elements between rows of `out`
   int64_t* nonzero = nullptr;          // [n_rows] QC: non-zero source genes
   double* total = nullptr;             // [n_rows] QC: total counts
-  double* stats = nullptr;             // [3, n_out] count, mean, M2 (merged into), or null
-  const uint8_t* stats_rows = nullptr; // [n_rows] which rows feed the statistics (null = all)
 };
 
-// Derived per-call tables (1/L, validity, coverage, 1/std).
+// Derived per-call tables (1/L, validity, coverage).
 struct NormPlan {
   explicit NormPlan(const NormSpec& spec);
   const NormSpec& spec;
@@ -43,14 +43,13 @@ struct NormPlan {
   std::vector<int64_t> mapped_gene;  // source genes with an output column and a length (sorted)
   std::vector<int32_t> mapped_col;   // their output columns
   std::vector<uint8_t> covered;     // [n_out]
-  std::vector<float> zmean, zinv;   // [n_out] z = (v - zmean) * zinv, zinv = 0 where std bad
-  bool needs_values() const;        // log1p/z values are computed (out or stats requested)
+  bool needs_values() const;        // log1p values are computed (out requested, not counts)
   int64_t n_mapped() const { return static_cast<int64_t>(mapped_gene.size()); }
 };
 
 // Running state of one sample while its genes arrive (in gene order, in any number of pieces).
 struct SampleAcc {
-  // log1p/z modes: C/L of each mapped gene, in mapped (= source gene) order. Chunk rows arrive
+  // log1p modes: C/L of each mapped gene, in mapped (= source gene) order. Chunk rows arrive
   // in gene order, so these writes stream; the scatter to output columns happens once, in
   // finish_sample, inside one hot row.
   float* vals = nullptr;     // [n_mapped]
@@ -58,14 +57,6 @@ struct SampleAcc {
   double denom4[4] = {0, 0, 0, 0};  // sum of C/L over genes of known length, 4 lanes (g % 4)
   int64_t nonzero = 0;
   double total = 0.0;
-};
-
-// Per-worker partial statistics, merged into spec.stats at the end of a call.
-struct LocalStats {
-  double count = 0.0;
-  std::vector<double> mean, m2;
-  void reset(int64_t n_out);
-  void merge_into(double* stats, int64_t n_out) const;
 };
 
 // Prepares acc for row `row`: `vals` (plan.n_mapped() floats, when plan.needs_values()) or,
@@ -103,10 +94,9 @@ void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
 // Moves the group's sums into accs[0..K) (begun with begin_sample, nothing accumulated yet).
 void flush_group(const GroupAcc& ga, SampleAcc* accs);
 
-// Writes row `row` of out (and QC, stats) from the finished accumulator; `rowbuf` is a
-// per-thread buffer of n_out floats (values modes).
-void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, LocalStats* stats,
-                   float* rowbuf);
+// Writes row `row` of out (and QC) from the finished accumulator; `rowbuf` is a per-thread
+// buffer of n_out floats (values modes).
+void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* rowbuf);
 
 // Counts already in memory: counts[r * count_stride + j], rows in [0, n_rows).
 template <typename T>
@@ -121,11 +111,12 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
 int64_t block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
                       double* m2);
 
-// out[r, :] = float16(clip((v[r, :] - shift[s, :]) * scale[s, :], ±65504)) with s = src[r] (or 0
-// when src is null), in float32 without contraction: bit-identical to the numpy expression
-// ((v - shift) * scale).clip(...).astype(float16). Rows are split across `threads`.
-void standardize_f16(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
-                     const float* scale, int64_t n_src, uint16_t* out, int threads);
+// out[r, :] = clip((v[r, :] - shift[s, :]) * scale[s, :], ±65504) with s = src[r] (or 0 when src
+// is null), in float32 without contraction, written as float16 (out_type kF16) or float32
+// (kF32): bit-identical to the numpy expression ((v - shift) * scale).clip(...).astype(dtype).
+// Rows are split across `threads`. The one z-score routine of the package.
+void standardize(const float* v, int64_t n, int64_t G, const int64_t* src, const float* shift,
+                 const float* scale, int64_t n_src, void* out, OutType out_type, int threads);
 
 extern template void accumulate<uint32_t>(const NormPlan&, SampleAcc&, int64_t, int64_t,
                                           const uint32_t*, int64_t);

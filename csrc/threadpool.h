@@ -20,20 +20,17 @@ inline int resolve_threads(int requested) {
 
 // Runs fn(worker_id, task_index) for task_index in [0, n_tasks) on `threads` threads.
 // worker_id is in [0, threads) so callers can keep per-worker state without locks.
-// With `deterministic`, worker w runs tasks w, w + threads, w + 2·threads, … in order (static
-// schedule): what each worker sees, and so any per-worker reduction, depends only on the
-// thread count, not on timing.
 inline void parallel_for(int64_t n_tasks, int threads,
-                         const std::function<void(int, int64_t)>& fn, bool deterministic = false) {
+                         const std::function<void(int, int64_t)>& fn) {
   threads = std::max(1, std::min<int>(threads, static_cast<int>(std::max<int64_t>(n_tasks, 1))));
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;
   std::mutex error_mu;
   auto worker = [&](int wid) {
-    for (int64_t i = 0;; ++i) {
+    for (;;) {
       if (failed.load(std::memory_order_relaxed)) return;
-      int64_t t = deterministic ? wid + i * threads : next.fetch_add(1, std::memory_order_relaxed);
+      const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
       if (t >= n_tasks) return;
       try {
         fn(wid, t);

@@ -1,6 +1,6 @@
 """Fused BulkFormer input embedding: gene identity + rotary expression embedding + sample context.
 
-The op (DESIGN.md, "Input embedding"), for sample ``b``, gene ``g`` and feature ``j``::
+The op (docs/architecture.md, "Formulas"), for sample ``b``, gene ``g`` and feature ``j``::
 
     E[b, g, :] = Wesm[g, :] + (e_mask if hide[b, g] else REE(x[b, g])) + context[b, :]
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import torch
 
@@ -48,7 +47,6 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
 
 __all__ = [
     "BACKENDS",
-    "ENV_BACKEND",
     "FusedEmbeddingFunction",
     "HAS_TRITON",
     "fused_embedding",
@@ -58,13 +56,14 @@ __all__ = [
     "ree",
     "ree_inv_frequencies",
     "resolve_backend",
+    "set_default_backend",
 ]
 
 logger = logging.getLogger(__name__)
 
 HAS_TRITON = triton is not None
 BACKENDS = ("auto", "triton", "torch")
-ENV_BACKEND = "BULKFORMER_EMBED_BACKEND"
+_default_backend = "auto"  # what "auto" means before the device rule: set_default_backend
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -397,21 +396,28 @@ class FusedEmbeddingFunction(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- functional
+def set_default_backend(backend: str) -> str:
+    """What ``backend="auto"`` resolves to in this process: ``"triton"``, ``"torch"`` or
+    ``"auto"`` (default: Triton on CUDA tensors when installed, else the PyTorch reference).
+    Explicit ``backend=`` arguments are never overridden. Returns the previous setting."""
+    global _default_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
+    prev, _default_backend = _default_backend, backend
+    return prev
+
+
 def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
     """Turn ``"auto" | "triton" | "torch"`` into the backend that will run: ``"triton"|"torch"``.
 
-    ``"auto"`` reads the environment variable ``BULKFORMER_EMBED_BACKEND`` first (``triton`` or
-    ``torch``; explicit arguments are never overridden), then picks Triton on CUDA tensors when
-    Triton is installed, and the PyTorch reference everywhere else.
+    ``"auto"`` takes :func:`set_default_backend`'s choice first (explicit arguments are never
+    overridden), then picks Triton on CUDA tensors when Triton is installed, and the PyTorch
+    reference everywhere else.
     """
     if backend not in BACKENDS:
         raise ValueError(f"embedding backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        env = os.environ.get(ENV_BACKEND, "").strip().lower()
-        if env:
-            if env not in BACKENDS:
-                raise ValueError(f"{ENV_BACKEND}={env!r}: expected one of {BACKENDS}")
-            backend = env
+        backend = _default_backend
     if backend != "auto":
         return backend
     dev = torch.device(device) if device is not None else torch.device("cpu")

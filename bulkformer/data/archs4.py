@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import engine as _engine
+from .corpus.plan import DEFAULT_MIN_NONZERO
 from .genes import strip_version
 from .source import Alignment, Block, ExpressionSource
 
@@ -375,7 +376,7 @@ class ARCHS4File:
         self,
         samples=None,
         *,
-        min_nonzero: int = 14_000,
+        min_nonzero: int = DEFAULT_MIN_NONZERO,
         max_singlecell: float | None = 0.5,
         threads: int | None = None,
     ) -> np.ndarray:
@@ -413,8 +414,6 @@ class ARCHS4File:
         mode: str = "counts",
         alignment: Alignment | None = None,
         lengths: np.ndarray | None = None,
-        mean=None,
-        std=None,
         dtype=np.float32,
         out: np.ndarray | None = None,
         threads: int | None = None,
@@ -422,9 +421,9 @@ class ARCHS4File:
     ) -> np.ndarray:
         """Samples × genes matrix for ``samples`` (indices, in the given order).
 
-        ``mode="counts"`` gives raw uint32 counts of all file genes; ``"log1p_tpm"`` and
-        ``"z"`` need gene lengths — from ``alignment`` (which also reorders columns to a
-        reference) or ``lengths`` (file gene order). See :func:`bulkformer.data.engine.read_matrix`.
+        ``mode="counts"`` gives raw uint32 counts of all file genes; ``"log1p_tpm"`` needs gene
+        lengths — from ``alignment`` (which also reorders columns to a reference) or ``lengths``
+        (file gene order). See :func:`bulkformer.data.engine.read_matrix`.
         """
         samples = np.asarray(samples, dtype=np.int64)
         gene_map = n_out = None
@@ -436,8 +435,6 @@ class ARCHS4File:
             gene_map=gene_map,
             lengths=lengths,
             n_out=n_out,
-            mean=mean,
-            std=std,
             out=out,
             dtype=dtype,
             qc=False,
@@ -505,6 +502,15 @@ class ARCHS4Source(ExpressionSource):
                     int((~keep).sum()),
                     max_singlecell,
                 )
+            gone = rows[~keep]
+            self.filtered = pd.DataFrame(  # recorded in the corpus' excluded.tsv
+                {
+                    "reason": [
+                        f"single-cell probability {v:.4g} >= {max_singlecell:g}" for v in scp[gone]
+                    ]
+                },
+                index=pd.Index(f.sample_ids[gone], name="sample_id"),
+            )
             rows = rows[keep]
         if len(rows) == 0:
             raise ValueError(f"{self.path}: no samples selected (check --search/--samples)")
@@ -647,7 +653,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("file")
     q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
     q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
-    q.add_argument("--min-nonzero", type=int, default=14_000)
+    q.add_argument("--min-nonzero", type=int, default=DEFAULT_MIN_NONZERO)
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--out", metavar="TSV", help="write the table here")
     q.set_defaults(func=_cli_qc)

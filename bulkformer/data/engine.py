@@ -7,11 +7,17 @@ pass (see :mod:`bulkformer.data.normalize` for the definitions), with the GIL re
 
 Datasets the fast path does not handle — contiguous storage, filters other than deflate and
 shuffle, a dtype other than little-endian ``uint32`` — are read with h5py and normalized by the
-same C++ arithmetic (``_C.normalize_dense``), so both paths give bit-identical results.
+same C++ arithmetic (``_C.normalize_dense``), so both paths give bit-identical results. Every
+other source (GDC, ``.h5ad``, arrays) is normalized by that routine too, through
+:func:`normalize_dense`.
+
+Runtime switches (bit-identical results, for tests and benchmarks): :func:`set_simd`,
+:func:`set_gene_major`, :func:`set_inflate_backend`, :func:`set_default_threads`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,10 +27,27 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "ChunkIndex", "EngineError", "fast_path_problem", "read_matrix", "inflate_only"]
+__all__ = [
+    "MODES",
+    "ChunkIndex",
+    "EngineError",
+    "fast_path_problem",
+    "read_matrix",
+    "normalize_dense",
+    "qc_dense",
+    "inflate_only",
+    "set_simd",
+    "set_gene_major",
+    "set_inflate_backend",
+    "set_default_threads",
+    "switches",
+]
 
-#: normalization modes understood by the engine
-MODES = {"counts": 0, "log1p_tpm": 1, "z": 2}
+#: what read_matrix can produce from an HDF5 count dataset
+MODES = {"counts": 0, "log1p_tpm": 1}
+#: what normalize_dense takes: raw counts (→ TPM with lengths → log1p) or TPM as given (→ log1p)
+_DENSE_MODES = {"counts": 1, "tpm": 2}
+_default_threads = 0
 _FILTER_IDS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle"}
 
 
@@ -140,8 +163,64 @@ class ChunkIndex:
 
 def _threads(threads: int | None) -> int:
     if threads is None:
-        threads = int(os.environ.get("BULKFORMER_THREADS", "0") or 0)
+        threads = _default_threads
     return max(0, int(threads))
+
+
+def set_default_threads(threads: int | None) -> int:
+    """Worker threads of engine calls made with ``threads=None`` (0 or None: all cores).
+
+    Returns the previous setting.
+    """
+    global _default_threads
+    prev, _default_threads = _default_threads, max(0, int(threads or 0))
+    return prev
+
+
+def set_simd(enabled: bool) -> bool:
+    """AVX2 loops where the CPU has them (default) or, with ``False``, the portable loops.
+
+    Bit-identical either way (the tests compare the two). Returns the previous setting.
+    """
+    return bool(_C().set_simd(bool(enabled)))
+
+
+def set_gene_major(enabled: bool) -> bool:
+    """Gene-major accumulation of wide chunk rows (default) or, with ``False``, always the
+    transposing path (the one scattered sample subsets take). Bit-identical; returns the
+    previous setting."""
+    return bool(_C().set_gene_major(bool(enabled)))
+
+
+def set_inflate_backend(name: str) -> str:
+    """``"zlib"`` forces zlib even when libdeflate was linked; ``"auto"`` (default) uses
+    libdeflate when present. Returns the previous setting (``"zlib"`` or ``"auto"``)."""
+    if name not in ("auto", "zlib"):
+        raise ValueError(f"inflate backend must be 'auto' or 'zlib', got {name!r}")
+    return "zlib" if _C().set_force_zlib(name == "zlib") else "auto"
+
+
+@contextlib.contextmanager
+def switches(
+    *, simd: bool | None = None, gene_major: bool | None = None, inflate: str | None = None
+):
+    """Context manager setting engine switches for a block and restoring them afterwards."""
+    prev = {}
+    try:
+        if simd is not None:
+            prev["simd"] = set_simd(simd)
+        if gene_major is not None:
+            prev["gene_major"] = set_gene_major(gene_major)
+        if inflate is not None:
+            prev["inflate"] = set_inflate_backend(inflate)
+        yield
+    finally:
+        if "simd" in prev:
+            set_simd(prev["simd"])
+        if "gene_major" in prev:
+            set_gene_major(prev["gene_major"])
+        if "inflate" in prev:
+            set_inflate_backend(prev["inflate"])
 
 
 def read_matrix(
@@ -153,13 +232,9 @@ def read_matrix(
     gene_map: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
     n_out: int | None = None,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
     out: np.ndarray | None = None,
     dtype=np.float32,
     qc: bool = True,
-    stats: np.ndarray | None = None,
-    stats_rows: np.ndarray | None = None,
     threads: int | None = None,
     engine: str = "auto",
     index: ChunkIndex | None = None,
@@ -172,18 +247,15 @@ def read_matrix(
     ds : the count dataset (genes × samples; samples × genes with ``transposed=True``).
     samples : (S,) sample (column) indices, any order, repeats allowed; output row k is
         sample ``samples[k]``.
-    mode : ``"counts"`` (raw counts, duplicates summed), ``"log1p_tpm"`` or ``"z"``.
+    mode : ``"counts"`` (raw counts, duplicates summed) or ``"log1p_tpm"``.
     gene_map : (J,) output column of each gene of the file, -1 to drop; default identity.
     lengths : (J,) gene lengths in bp for TPM (NaN/≤0 = unknown, excluded); required unless
         ``mode="counts"``.
     n_out : output columns (default J).
-    mean, std : (n_out,) per-gene statistics of log1p(TPM), for ``mode="z"``.
     out : (S, n_out) float32/float16 (or uint32 for counts) buffer to write into; allocated with
-        ``dtype`` when None. Pass ``out=False`` for QC (and statistics) only.
+        ``dtype`` when None. Pass ``out=False`` for QC only.
     qc : also return per-sample non-zero gene counts and total counts (over all genes).
-    stats : (3, n_out) float64 running (count, mean, M2) of log1p(TPM), updated in place.
-    stats_rows : (S,) bool, rows that feed ``stats`` (default all).
-    threads : worker threads (default: all cores, or ``$BULKFORMER_THREADS``).
+    threads : worker threads (default: :func:`set_default_threads`, else all cores).
     engine : ``"auto"`` (C++ raw chunks when possible), ``"cpp"`` (error if not possible) or
         ``"h5py"`` (the fallback path, same arithmetic).
 
@@ -223,19 +295,12 @@ def read_matrix(
             f"lengths has {lengths.size} entries but {ds.name} in {ds.file.filename} has "
             f"{n_genes} genes"
         )
-    if mode == "z":
-        if mean is None or std is None:
-            raise ValueError("mode='z' needs mean and std")
-        mean = np.ascontiguousarray(mean, dtype=np.float64)
-        std = np.ascontiguousarray(std, dtype=np.float64)
     if out is None:
         out = np.empty((S, n_out), dtype=np.uint32 if mode == "counts" else dtype)
     elif out is False:
         out = None
     nonzero = np.empty(S, dtype=np.int64) if qc else None
     total = np.empty(S, dtype=np.float64) if qc else None
-    if stats_rows is not None:
-        stats_rows = np.ascontiguousarray(stats_rows, dtype=np.uint8)
     kw = dict(
         gene_map=gene_map,
         n_out=n_out,
@@ -243,10 +308,6 @@ def read_matrix(
         out=out,
         nonzero=nonzero,
         total=total,
-        mean=mean,
-        std=std,
-        stats=stats,
-        stats_rows=stats_rows,
         threads=_threads(threads),
     )
     problem = fast_path_problem(ds)
@@ -305,14 +366,103 @@ def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
         sub["out"] = None if out is None else np.empty((len(rows), kw["n_out"]), out.dtype)
         sub["nonzero"] = np.empty(len(rows), np.int64)
         sub["total"] = np.empty(len(rows), np.float64)
-        if kw["stats_rows"] is not None:
-            sub["stats_rows"] = np.ascontiguousarray(kw["stats_rows"][rows])
         C.normalize_dense(counts, lengths=lengths, **sub)
         if out is not None:
             out[rows] = sub["out"]
         if nonzero is not None:
             nonzero[rows] = sub["nonzero"]
             total[rows] = sub["total"]
+
+
+def _dense_input(x) -> np.ndarray:
+    """C-contiguous uint32 (integers in range: the ARCHS4 reader's exact input type) or
+    float64 copy/view of a 2-D matrix. The float32 value of a count is the same either way."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D samples × genes matrix, got shape {x.shape}")
+    if x.dtype.kind in "uib" and (x.size == 0 or (x.min() >= 0 and int(x.max()) <= 0xFFFFFFFF)):
+        return np.ascontiguousarray(x, dtype=np.uint32)
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def normalize_dense(
+    x: np.ndarray,
+    gene_map: np.ndarray,
+    lengths: np.ndarray | None,
+    n_out: int,
+    *,
+    values: str = "counts",
+    qc: bool = True,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Numbers already in memory → aligned ``log1p(TPM)``, by the engine's C++ arithmetic.
+
+    Parameters
+    ----------
+    x : (S, J) non-negative numbers, samples × source genes (any real dtype; unsigned integers
+        up to 2**32 - 1 are passed as uint32, the rest as float64). Validate them first
+        (:func:`bulkformer.data.matrix.check_values`): the engine does not look for NaN.
+    gene_map : (J,) output column of each source gene, -1 to drop.
+    lengths : (J,) gene lengths in bp (NaN/≤0 = unknown, excluded from TPM); ignored (may be
+        None) for ``values="tpm"``.
+    n_out : output columns.
+    values : ``"counts"`` (raw counts → TPM → log1p, as :func:`read_matrix`) or ``"tpm"`` (TPM
+        taken as given, not renormalized → log1p; every mapped gene covers its column).
+    qc : also return per-sample non-zero source genes (int64) and the sum of ``x`` (float64).
+    threads : worker threads (default: :func:`set_default_threads`, else all cores).
+
+    Returns
+    -------
+    (values (S, n_out) float32, nonzero (S,) or None, total (S,) or None). Duplicate source
+    genes of one column are summed in TPM space, in source order; unreached columns are 0.
+    """
+    if values not in _DENSE_MODES:
+        raise ValueError(f"values must be one of {sorted(_DENSE_MODES)}, got {values!r}")
+    x = _dense_input(x)
+    S, J = x.shape
+    gene_map = np.ascontiguousarray(gene_map, dtype=np.int64)
+    if gene_map.shape != (J,):
+        raise ValueError(f"gene_map has {gene_map.size} entries for {J} source genes")
+    if lengths is None:
+        if values == "counts":
+            raise ValueError("lengths (bp per gene) are required for TPM; none given")
+        lengths = np.ones(J)
+    lengths = np.ascontiguousarray(lengths, dtype=np.float64)
+    if lengths.shape != (J,):
+        raise ValueError(f"lengths has {lengths.size} entries for {J} source genes")
+    out = np.empty((S, int(n_out)), dtype=np.float32)
+    nonzero = np.empty(S, dtype=np.int64) if qc else None
+    total = np.empty(S, dtype=np.float64) if qc else None
+    _C().normalize_dense(
+        x,
+        gene_map=gene_map,
+        lengths=lengths,
+        n_out=int(n_out),
+        mode=_DENSE_MODES[values],
+        out=out,
+        nonzero=nonzero,
+        total=total,
+        threads=_threads(threads),
+    )
+    return out, nonzero, total
+
+
+def qc_dense(x: np.ndarray, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(nonzero (S,) int64, total (S,) float64) of a (S, J) matrix, by the engine's QC loop."""
+    x = _dense_input(x)
+    S, J = x.shape
+    nonzero, total = np.empty(S, dtype=np.int64), np.empty(S, dtype=np.float64)
+    _C().normalize_dense(
+        x,
+        gene_map=np.full(J, -1, np.int64),
+        lengths=np.ones(J),
+        n_out=0,
+        mode=0,
+        nonzero=nonzero,
+        total=total,
+        threads=_threads(threads),
+    )
+    return nonzero, total
 
 
 def inflate_only(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import engine as _engine
 from .genes import GeneReference, default_gene_lengths
 from .source import Alignment, Block, ExpressionSource, align_genes
 
@@ -45,7 +46,6 @@ __all__ = [
     "SHEET_COLUMNS",
     "find_gdc_files",
     "read_sample_sheet",
-    "log1p_tpm_aligned",
 ]
 
 log = logging.getLogger(__name__)
@@ -376,21 +376,6 @@ def _first_bad_row(body, ls, nl, lay, row_names) -> int:
     return 0
 
 
-def log1p_tpm_aligned(counts: np.ndarray, alignment: Alignment, n_out: int) -> np.ndarray:
-    """Vectorized ``log1p(TPM)`` aligned to the reference, (S, n_out) float32.
-
-    The in-memory path shared with :class:`~bulkformer.data.memory.ArraySource`
-    (:func:`~bulkformer.data.memory.to_log1p_tpm`): float64 arithmetic operation for operation
-    as :func:`~bulkformer.data.normalize.log1p_tpm_ref`, so it equals the reference rounded to
-    float32.
-    """
-    from .memory import to_log1p_tpm
-
-    if n_out != len(alignment.covered):
-        raise ValueError(f"n_out={n_out} but the alignment has {len(alignment.covered)} columns")
-    return to_log1p_tpm(counts, alignment, "counts")
-
-
 class GDCSource(ExpressionSource):
     """A directory of GDC "STAR - Counts" files (see module docstring).
 
@@ -560,10 +545,7 @@ class GDCSource(ExpressionSource):
                 f"{len(self._gene_meta):,}: compute it from this source's gene_ids"
             )
         counts = self.read_counts(rows, threads=threads)
-        n_out = len(alignment.covered)
-        values = log1p_tpm_aligned(counts, alignment, n_out)
-        return Block(
-            values=values,
-            nonzero=(counts != 0).sum(axis=1).astype(np.int64),
-            total=counts.sum(axis=1, dtype=np.float64),
+        values, nonzero, total = _engine.normalize_dense(
+            counts, alignment.gene_map, alignment.lengths, len(alignment.covered), threads=threads
         )
+        return Block(values=values, nonzero=nonzero, total=total)

@@ -5,10 +5,13 @@ blocks straight from the HDF5 file (never the whole matrix in memory).
 ``var`` rows are genes. The matrix may be dense or sparse (CSR reads row blocks cheaply; CSC
 works but each block reads whole columns — convert big CSC files to CSR first).
 
-What the numbers are is the user's call (``values=``, see :mod:`bulkformer.data.memory`):
+What the numbers are is the user's call (``values=``, see :mod:`bulkformer.data.matrix`):
 ``counts`` (raw, turned into TPM with gene lengths), ``tpm`` (taken as given — not renormalised
 to 1e6 over the genes the reference covers — then log1p) or ``log1p_tpm`` (taken as given;
 BulkFormer's PreBULK.h5ad is of this kind).
+
+An AnnData object already in memory is read the same way by :func:`anndata_source` (the same
+layer / gene-column handling and messages, over an :class:`~bulkformer.data.array.ArraySource`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from .array import ArraySource
 from .genes import GeneReference
-from .memory import align_values, check_value_kind, check_values, qc_figures, to_log1p_tpm
+from .matrix import align_matrix, check_value_kind, check_values, normalize_block
 from .source import Alignment, Block, ExpressionSource
 
-__all__ = ["H5ADSource"]
+__all__ = ["H5ADSource", "anndata_matrix", "anndata_source", "gene_ids_of", "matrix_key"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,71 @@ def _sparse_dataset(node):
     except ImportError:  # anndata < 0.11
         from anndata.experimental import sparse_dataset
     return sparse_dataset(node)
+
+
+def matrix_key(where: str, layers, layer: str | None, has_x: bool = True) -> str:
+    """``"X"`` or ``"layers/<layer>"``; ValueError naming ``where`` and the layers present
+    when ``layer`` (or X) does not exist."""
+    layers = list(layers)
+    if layer is None:
+        if not has_x:
+            raise ValueError(
+                f"{where}: has no X matrix; pick a layer with layer= / --layer "
+                f"(available: {', '.join(layers) or 'none'})"
+            )
+        return "X"
+    if layer not in layers:
+        raise ValueError(
+            f"{where}: no layer {layer!r}; available layers: "
+            f"{', '.join(layers) or 'none'} (omit layer to read X)"
+        )
+    return f"layers/{layer}"
+
+
+def gene_ids_of(where: str, var: pd.DataFrame, gene_column: str | None) -> np.ndarray:
+    """(J,) gene IDs: ``var_names`` or the ``var`` column ``gene_column`` (ValueError naming
+    ``where`` and the columns present when it does not exist)."""
+    if gene_column is None:
+        return var.index.astype(str).to_numpy(dtype=object)
+    if gene_column not in var.columns:
+        raise ValueError(
+            f"{where}: var has no column {gene_column!r}; available: "
+            f"{', '.join(map(str, var.columns)) or '(none)'} (default: var_names)"
+        )
+    return var[gene_column].astype(str).to_numpy(dtype=object)
+
+
+def _genes_field(gene_column: str | None) -> str:
+    return f"var[{gene_column!r}]" if gene_column else "var_names"
+
+
+def anndata_matrix(
+    adata, *, layer: str | None = None, gene_column: str | None = None, where: str = "AnnData"
+):
+    """(matrix (N, J) as stored, gene IDs (J,), obs, name for messages) of an in-memory
+    AnnData: ``X`` or ``layers[layer]``, genes from ``var_names`` or ``gene_column`` — the
+    rules and messages of :class:`H5ADSource`."""
+    key = matrix_key(where, adata.layers.keys(), layer, has_x=adata.X is not None)
+    x = adata.X if key == "X" else adata.layers[layer]
+    genes = gene_ids_of(where, adata.var, gene_column)
+    obs = adata.obs.copy()
+    obs.index = obs.index.astype(str)
+    return x, genes, obs, f"{where} {key} ({_genes_field(gene_column)})"
+
+
+def anndata_source(
+    adata,
+    *,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    values: str = "counts",
+    where: str = "AnnData",
+) -> ArraySource:
+    """An in-memory AnnData (samples × genes) as an :class:`ArraySource` over ``X`` or
+    ``layers[layer]`` (dense or sparse, not copied), genes from ``var_names`` or ``gene_column``,
+    samples = ``obs`` (see :func:`anndata_matrix`)."""
+    x, genes, obs, name = anndata_matrix(adata, layer=layer, gene_column=gene_column, where=where)
+    return ArraySource(x, genes, obs, values=values, path=name)
 
 
 class H5ADSource(ExpressionSource):
@@ -112,16 +181,7 @@ class H5ADSource(ExpressionSource):
                 self.path,
                 self._elem,
             )
-        if gene_column is None:
-            genes = var.index.astype(str).to_numpy(dtype=object)
-        elif gene_column not in var.columns:
-            raise ValueError(
-                f"{self.path}: var has no column {gene_column!r}; available: "
-                f"{', '.join(map(str, var.columns)) or '(none)'} (default: var_names)"
-            )
-        else:
-            genes = var[gene_column].astype(str).to_numpy(dtype=object)
-        self._gene_ids = genes
+        self._gene_ids = gene_ids_of(self.path, var, gene_column)
         self.gene_column = gene_column
         self.lengths = None
         if length_column is not None:
@@ -140,21 +200,8 @@ class H5ADSource(ExpressionSource):
         self._file: h5py.File | None = None
 
     def _matrix_key(self, f: h5py.File) -> str:
-        if self.layer is None:
-            if "X" not in f:
-                layers = list(f["layers"].keys()) if "layers" in f else []
-                raise ValueError(
-                    f"{self.path}: has no X matrix; pick a layer with layer= / --layer "
-                    f"(available: {', '.join(layers) or 'none'})"
-                )
-            return "X"
         layers = list(f["layers"].keys()) if "layers" in f else []
-        if self.layer not in layers:
-            raise ValueError(
-                f"{self.path}: no layer {self.layer!r}; available layers: "
-                f"{', '.join(layers) or 'none'} (omit layer to read X)"
-            )
-        return f"layers/{self.layer}"
+        return matrix_key(self.path, layers, self.layer, has_x="X" in f)
 
     # ------------------------------------------------------------------ interface
     @property
@@ -171,24 +218,13 @@ class H5ADSource(ExpressionSource):
         By Ensembl ID; when not a single ID matches (a matrix indexed by gene symbol, as many
         ``.h5ad`` files are), by symbol instead, with a warning.
         """
-        al = align_values(self._gene_ids, reference, self.values_kind, lengths=self.lengths)
-        if al.n_matched == 0:
-            by_sym = align_values(
-                self._gene_ids, reference, self.values_kind, lengths=self.lengths, by_symbol=True
-            )
-            if by_sym.n_matched > 0:
-                log.warning(
-                    "%s: no gene ID of %s is an Ensembl ID of the reference; matched by gene "
-                    "symbol instead (%s)",
-                    self.path,
-                    self._elem_genes(),
-                    by_sym.report(),
-                )
-                return by_sym
-        return al
-
-    def _elem_genes(self) -> str:
-        return f"var[{self.gene_column!r}]" if self.gene_column else "var_names"
+        return align_matrix(
+            self._gene_ids,
+            reference,
+            self.values_kind,
+            lengths=self.lengths,
+            where=f"{self.path} {_genes_field(self.gene_column)}",
+        )
 
     def read_block(
         self, rows: np.ndarray, alignment: Alignment, *, threads: int | None = None
@@ -197,8 +233,7 @@ class H5ADSource(ExpressionSource):
         x = self.read_matrix(rows)
         where = f"{self.path}: {self._elem}"
         check_values(x, self.values_kind, where, self._samples.index[rows])
-        nz, tot = qc_figures(x)
-        return Block(to_log1p_tpm(x, alignment, self.values_kind), nz, tot)
+        return normalize_block(x, alignment, self.values_kind, threads=threads)
 
     def read_matrix(self, rows: np.ndarray) -> np.ndarray:
         """Raw (n, J) numbers of samples ``rows`` (any order), dense."""

@@ -1,21 +1,21 @@
-"""Normalization: counts → TPM → log1p → per-gene z-score, and streaming per-gene statistics.
+"""Normalization: the definitions, the one z-score routine, and streaming per-gene statistics.
 
-Two implementations of every routine live side by side:
+Every source is normalized by the C++ engine (``bulkformer._C``, ``csrc/``): ARCHS4 HDF5 files
+through :func:`bulkformer.data.engine.read_matrix` (inflate → gather → TPM → log1p fused in
+one multithreaded pass), numbers already in memory (GDC, ``.h5ad``, arrays, the h5py fallback)
+through :func:`bulkformer.data.engine.normalize_dense` — the same arithmetic. z-scores, for the
+corpus and for ``embed`` alike, come from :func:`standardize`. The numpy reference of each
+routine lives in :mod:`bulkformer.data.oracle` (test oracle and benchmark baseline only).
 
-* the numpy reference in this file (``*_ref`` functions): short, obviously right, the test
-  oracle, the benchmark baseline and the fallback for sources the C++ engine does not read;
-* the C++ engine in ``bulkformer._C`` (``csrc/``), used by :mod:`bulkformer.data.archs4` for
-  HDF5 files, which fuses inflate → gather → TPM → log1p → z in one multithreaded pass.
-
-Definitions (DESIGN.md "Key definitions"), for a sample ``s`` and source gene ``j`` with length
-``L[j]`` in bp:
+Definitions, for a sample ``s`` and source gene ``j`` with length ``L[j]`` in bp:
 
 ``TPM[j] = (C[j] / L[j]) / Σ_k (C[k] / L[k]) · 1e6``, the sum running over source genes with a
 known, positive, finite length. Genes without one contribute nothing (TPM 0) and are reported.
 Source genes map to output columns through ``gene_map`` (``-1`` = dropped); several source genes
 mapped to the same column (duplicate IDs) have their TPMs summed. Then ``v = log1p(TPM)``
-(natural log) and ``z = (v − μ) / σ`` with σ = 0 → z = 0. Output columns that no source gene of
-known length maps to ("missing") are 0 in every mode.
+(natural log) and ``z = (v − μ) / σ``, computed as ``(v − shift) · scale`` in float32 with
+``shift = μ``, ``scale = 1/σ``; σ = 0 (or not finite) → z = 0. Output columns that no source gene
+of known length maps to ("missing") are 0 in every mode.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import numpy as np
 __all__ = [
     "valid_lengths",
     "covered_columns",
-    "log1p_tpm_ref",
-    "zscore_ref",
-    "qc_ref",
+    "z_params",
+    "standardize",
     "GeneStats",
 ]
 
@@ -47,70 +46,71 @@ def covered_columns(gene_map: np.ndarray, lengths: np.ndarray, n_out: int) -> np
     return cov
 
 
-def log1p_tpm_ref(
-    counts: np.ndarray,
-    lengths: np.ndarray,
-    gene_map: np.ndarray | None = None,
-    n_out: int | None = None,
-) -> np.ndarray:
-    """Reference ``log1p(TPM)``.
+def z_params(mean, std, missing) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale), each (n_sources, G) float32, of z = (v − shift[s]) · scale[s].
 
     Parameters
     ----------
-    counts : (S, J) array of non-negative counts (any numeric dtype), samples × source genes.
-    lengths : (J,) gene lengths in bp; non-finite or ≤ 0 means unknown (excluded from TPM).
-    gene_map : (J,) int, output column of each source gene or -1; default identity.
-    n_out : number of output columns; default J.
+    mean, std : (G,) per-gene statistics of log1p(TPM) (e.g. a
+        :class:`~bulkformer.data.corpus.CorpusStats`' ``mean`` and ``std``).
+    missing : (n_sources, G) or (G,) bool, genes absent from each source.
+
+    ``shift`` is μ and ``scale`` 1/σ (computed in float64, then rounded), with z = 0 where σ = 0
+    or is not finite and where the gene is missing from the source.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    missing = np.atleast_2d(np.asarray(missing, dtype=bool))
+    good = np.isfinite(std) & (std > 0)
+    inv = np.where(good, 1.0 / np.where(good, std, 1.0), 0.0)
+    mu = np.where(good, mean, 0.0).astype(np.float32)
+    n_src = len(missing)
+    shift = np.ascontiguousarray(np.broadcast_to(mu, (n_src, len(mu))))
+    scale = np.stack([np.where(~missing[s], inv, 0.0) for s in range(n_src)]).astype(np.float32)
+    return shift, scale
+
+
+def standardize(
+    values: np.ndarray,
+    shift: np.ndarray,
+    scale: np.ndarray,
+    out: np.ndarray | None = None,
+    *,
+    src: np.ndarray | None = None,
+    dtype=np.float16,
+    threads: int | None = None,
+) -> np.ndarray:
+    """z-scores ``clip((values − shift[src]) · scale[src], ±65504)``, by the C++ engine.
+
+    Parameters
+    ----------
+    values : (n, G) float32 log1p(TPM).
+    shift, scale : (n_sources, G) float32 from :func:`z_params`.
+    out : (n, G) float16 or float32 buffer (default: a new one of ``dtype``); not ``values``.
+    src : (n,) int64 source row of each value row; may be omitted with one source.
+    threads : worker threads (0/None: all cores).
 
     Returns
     -------
-    (S, n_out) float64. All-zero samples give all-zero rows, never NaN.
+    ``out``. Computed in float32 without contraction, so bit-identical to the numpy expression
+    ``((values - shift[src]) * scale[src]).clip(-65504, 65504).astype(out.dtype)``.
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 2:
-        raise ValueError(f"counts must be 2-D (samples × genes), got shape {counts.shape}")
-    S, J = counts.shape
-    lengths = np.asarray(lengths, dtype=np.float64)
-    if lengths.shape != (J,):
-        raise ValueError(f"lengths has shape {lengths.shape}, expected ({J},) — one per gene")
-    if gene_map is None:
-        gene_map = np.arange(J, dtype=np.int64)
-    gene_map = np.asarray(gene_map, dtype=np.int64)
-    if n_out is None:
-        n_out = J
-    ok = valid_lengths(lengths)
-    rate = np.zeros_like(counts)
-    rate[:, ok] = counts[:, ok] / lengths[ok]
-    denom = rate.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(denom > 0, 1e6 / denom, 0.0)
-    tpm = rate * scale
-    out = np.zeros((S, n_out), dtype=np.float64)
-    keep = gene_map >= 0
-    for j in np.flatnonzero(keep):  # duplicates summed; a Python loop is fine for a reference
-        out[:, gene_map[j]] += tpm[:, j]
-    return np.log1p(out)
+    from bulkformer import _C
 
-
-def zscore_ref(
-    values: np.ndarray, mean: np.ndarray, std: np.ndarray, covered: np.ndarray | None = None
-) -> np.ndarray:
-    """Reference z-score per column; σ = 0 (or non-finite) → 0; uncovered columns → 0."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
-    good = np.isfinite(std) & (std > 0)
-    if covered is not None:
-        good &= np.asarray(covered, dtype=bool)
-    safe = np.where(good, std, 1.0)
-    z = (values - mean) / safe
-    return np.where(good, z, 0.0)
-
-
-def qc_ref(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample QC over all source genes: (non-zero gene count int64, total counts float64)."""
-    counts = np.asarray(counts)
-    return (counts != 0).sum(axis=1).astype(np.int64), counts.sum(axis=1, dtype=np.float64)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if out is None:
+        out = np.empty(values.shape, dtype=dtype)
+    if src is not None:
+        src = np.ascontiguousarray(src, dtype=np.int64)
+    _C.standardize(
+        values,
+        np.ascontiguousarray(shift, dtype=np.float32),
+        np.ascontiguousarray(scale, dtype=np.float32),
+        out,
+        src,
+        threads=int(threads or 0),
+    )
+    return out
 
 
 class GeneStats:

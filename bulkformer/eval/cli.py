@@ -38,6 +38,14 @@ def _data_args(p, *, label: bool) -> None:
     )
     g.add_argument("--layer", help=".h5ad: read this layer instead of X")
     g.add_argument("--gene-column", metavar="COL", help=".h5ad: var column with Ensembl IDs")
+    g.add_argument(
+        "--min-gene-overlap",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help=".h5ad: refuse an input covering fewer than this fraction of the checkpoint's "
+        "reference genes (default 0.5; 0 accepts any non-empty overlap)",
+    )
     if label:
         g.add_argument(
             "--label",
@@ -54,9 +62,19 @@ def _data_args(p, *, label: bool) -> None:
         help="sample embedding: the sample vector, or mean/max pooling of gene embeddings "
         "(default: the checkpoint's config.pooling)",
     )
-    m.add_argument("--batch-size", type=int, default=16, metavar="N")
+    m.add_argument("--batch-size", type=_positive_int, default=16, metavar="N")
     m.add_argument("--device", help="torch device (default: cuda when available)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number ≥ 1")
+    return n
 
 
 def _cv_args(p) -> None:
@@ -84,6 +102,7 @@ def _kw(args) -> dict:
         values=args.values,
         layer=args.layer,
         gene_column=args.gene_column,
+        min_gene_overlap=args.min_gene_overlap,
         how=args.how,
         batch_size=args.batch_size,
         device=args.device,
@@ -252,7 +271,12 @@ def run_finetune(args) -> int:
     kw = _kw(args)
     pre = resolve_pretrained(args.checkpoint)
     prep = prepare_input(
-        data, pre, values=kw["values"], layer=kw["layer"], gene_column=kw["gene_column"]
+        data,
+        pre,
+        values=kw["values"],
+        layer=kw["layer"],
+        gene_column=kw["gene_column"],
+        min_gene_overlap=kw["min_gene_overlap"],
     )
     y = labels_of(prep, args.label)
     folds = make_folds(y, n_splits=args.folds, seed=args.seed)

@@ -58,6 +58,9 @@ class DemoResult:
 
 def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
     """Default sizes: the bundled demo is CPU-sized; user data scales with the hardware."""
+    from ..data.corpus.plan import DEFAULT_MIN_NONZERO
+    from ..data.demo import DEMO_MIN_NONZERO
+
     if bundled:
         return dict(
             n_genes=512,
@@ -66,7 +69,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
             batch_size=16,
             lr=3e-3,
             finetune_epochs=5,
-            min_nonzero=9000,
+            min_nonzero=DEMO_MIN_NONZERO,
         )
     if gpu:
         return dict(
@@ -76,7 +79,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
             batch_size=16,
             lr=1e-3,
             finetune_epochs=5,
-            min_nonzero=14000,
+            min_nonzero=DEFAULT_MIN_NONZERO,
         )
     return dict(
         n_genes=1024,
@@ -85,7 +88,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
         batch_size=16,
         lr=3e-3,
         finetune_epochs=5,
-        min_nonzero=14000,
+        min_nonzero=DEFAULT_MIN_NONZERO,
     )
 
 

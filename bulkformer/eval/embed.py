@@ -3,9 +3,13 @@
 ::
 
     data (numpy N × J + gene_ids | AnnData | Corpus)
-      → align to the checkpoint's gene reference (align_genes; coverage warning)
-      → counts → TPM → log1p (or TPM / log1p TPM / z as given)
-      → z-score with the checkpoint's statistics (σ = 0 or uncovered → 0, flagged missing)
+      → an ExpressionSource (bulkformer.data.array.ArraySource; AnnData through
+        bulkformer.data.h5ad.anndata_source): checked (negative, non-finite, non-integer
+        counts, TPM > 1e6, log1p TPM > ln(1e6 + 1) refused), aligned to the checkpoint's gene
+        reference by Ensembl ID (by symbol when no ID matches; refused below min_gene_overlap)
+      → counts → TPM → log1p (or TPM / log1p TPM as given) by the C++ engine, as in a corpus
+      → z-score with the checkpoint's CorpusStats by the corpus' standardize routine
+        (σ = 0 or uncovered → 0, flagged missing); z given: checked, |z| ≤ 65504
       → BulkFormer in batches (GPU when present) → pool over observed genes → (N, D)
 
 Numpy in gives numpy out; an AnnData gets ``obsm[key_added]`` and ``uns["bulkformer"]`` and
@@ -24,10 +28,13 @@ import numpy as np
 import pandas as pd
 
 from .._device import resolve_device
+from ..data.array import ArraySource
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
-from ..data.memory import align_values, check_values, to_log1p_tpm
-from ..data.normalize import zscore_ref
+from ..data.h5ad import anndata_matrix, anndata_source
+from ..data.matrix import align_matrix
+from ..data.normalize import standardize, z_params
+from ..data.source import ExpressionSource, align_genes
 
 __all__ = [
     "embed",
@@ -36,6 +43,8 @@ __all__ = [
     "resolve_pretrained",
     "VALUES",
     "LOW_COVERAGE",
+    "MIN_GENE_OVERLAP",
+    "MAX_ABS_Z",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,12 @@ log = logging.getLogger(__name__)
 VALUES = ("counts", "tpm", "log1p_tpm", "z")
 #: below this fraction of reference genes matched, :func:`prepare_input` warns
 LOW_COVERAGE = 0.5
+#: default floor of the fraction of the checkpoint's reference genes a matrix input must cover
+#: (``min_gene_overlap=``, ``--min-gene-overlap``); below it — or with no gene at all — the
+#: input is refused
+MIN_GENE_OVERLAP = 0.5
+#: largest |z| accepted with ``values="z"`` (the float16 range the corpus stores z-scores in)
+MAX_ABS_Z = 65504.0
 #: gene-level embeddings larger than this raise instead of filling memory
 MAX_GENE_LEVEL_BYTES = 8 << 30
 
@@ -73,7 +88,7 @@ class PreparedInput:
     obs: pd.DataFrame  # (N rows) sample metadata; index = sample ids
     coverage: float  # fraction of reference genes the input covers
     n_matched: int  # reference genes covered
-    kind: str  # "numpy" | "anndata" | "corpus"
+    kind: str  # "numpy" | "anndata" | "corpus" | "source"
     _rows: object = field(repr=False, default=None)
     _missing: object = field(repr=False, default=None)
 
@@ -90,84 +105,148 @@ class PreparedInput:
         return self.rows(slice(None) if idx is None else idx)
 
 
-def _matrix_input(x, gene_ids, pretrained, values, obs, kind, where) -> PreparedInput:
+def _check_overlap(where: str, gene_ids, al, n_ref: int, floor: float) -> None:
+    """Refuse an input that covers no, or too few (< ``floor``), reference genes."""
+    n = al.n_matched
+    if n > 0 and n >= floor * n_ref:
+        if n < LOW_COVERAGE * n_ref:
+            log.warning(
+                "%s: only %d of %d genes of the checkpoint's reference (%.0f%%) are in the "
+                "input; embeddings of inputs with low coverage are less reliable",
+                where,
+                n,
+                n_ref,
+                100 * n / n_ref,
+            )
+        return
+    unmatched = np.asarray(gene_ids, dtype=object)[np.asarray(al.gene_map) < 0]
+    examples = ", ".join(repr(str(g)) for g in unmatched[:5]) or "none"
+    raise ValueError(
+        f"{where}: only {n:,} of {n_ref:,} genes of the checkpoint's reference "
+        f"({100 * n / max(n_ref, 1):.1f}%) are in the input, below min_gene_overlap={floor:g}; "
+        f"{len(unmatched):,} of {len(al.gene_map):,} input genes match no reference gene ID or "
+        f"symbol, e.g. {examples} (gene IDs must be Ensembl IDs or symbols of the reference; "
+        "pick the gene column with gene_column= / --gene-column, or lower min_gene_overlap)"
+    )
+
+
+def _check_z(block: np.ndarray, where: str) -> None:
+    """Refuse z-scores the model cannot have seen: NaN/inf, or |z| beyond the float16 range
+    the corpus stores."""
+    block = np.asarray(block)
+    bad = ~np.isfinite(block) | (np.abs(block) > MAX_ABS_Z)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{where}: {int(bad.sum())} z-score(s) non-finite or beyond ±{MAX_ABS_Z:g}, first "
+            f"{block[r, c]!r} at row {r}, gene column {c}: expected z-scores standardized with "
+            "the checkpoint's statistics (or pass counts / TPM with values=)"
+        )
+
+
+def _z_input(x, gene_ids, pretrained, obs, kind, where, floor) -> PreparedInput:
+    """Input already z-scored in the checkpoint's scale: aligned (as log1p TPM would be) and
+    checked, not normalized."""
     ref, st = pretrained.reference, pretrained.stats
+    al = align_matrix(gene_ids, ref, "log1p_tpm", where=where)
+    _check_overlap(where, gene_ids, al, len(ref), floor)
+    keep = al.gene_map >= 0
+    if len(np.unique(al.gene_map[keep])) != int(keep.sum()):
+        raise ValueError(f"{where}: duplicate gene IDs in z-scored input")
+    good = np.isfinite(st.std) & (st.std > 0)
+    hidden = ~(al.covered & good)
+    sparse = hasattr(x, "tocsr") and not isinstance(x, np.ndarray)
+    if sparse:
+        x = x.tocsr()
+
+    def rows(idx):
+        block = x[_positions(x.shape[0], idx)]
+        block = block.toarray() if sparse else np.asarray(block)
+        _check_z(block, where)
+        out = np.zeros((len(block), len(ref)), dtype=np.float32)
+        out[:, al.gene_map[keep]] = block[:, keep]
+        out[:, hidden] = 0.0
+        return out
+
+    return PreparedInput(
+        x.shape[0],
+        obs,
+        al.n_matched / len(ref),
+        al.n_matched,
+        kind,
+        rows,
+        _hidden(hidden, x.shape[0]),
+    )
+
+
+def _positions(n: int, idx) -> np.ndarray:
+    """(b,) int64 row positions of ``idx`` (a slice, an int or an int array) among n rows."""
+    if isinstance(idx, slice):
+        return np.arange(*idx.indices(n), dtype=np.int64)
+    return np.atleast_1d(np.asarray(idx, dtype=np.int64))
+
+
+def _hidden(hidden: np.ndarray, n_obs: int):
+    """missing(idx): the (G,) mask of genes hidden from the model, for every row of ``idx``."""
+
+    def missing(idx):
+        n = len(_positions(n_obs, idx))
+        return np.broadcast_to(hidden, (n, len(hidden))).copy()
+
+    return missing
+
+
+def _source_input(src: ExpressionSource, pretrained, kind, floor) -> PreparedInput:
+    """A source → z-scores in the checkpoint's scale, block by block: the source's own
+    normalization (the C++ engine) and the one standardize routine of the corpus."""
+    ref, st = pretrained.reference, pretrained.stats
+    fn = getattr(src, "align", None)
+    al = fn(ref) if callable(fn) else align_genes(src.gene_ids, ref)
+    _check_overlap(src.path, src.gene_ids, al, len(ref), floor)
+    shift, scale = z_params(st.mean, st.std, ~al.covered)
+    good = np.isfinite(st.std) & (st.std > 0)
+    hidden = ~(al.covered & good)
+
+    def rows(idx):
+        v = src.read_block(_positions(src.n_samples, idx), al).values
+        return standardize(v, shift, scale, dtype=np.float32)
+
+    return PreparedInput(
+        src.n_samples,
+        src.samples,
+        al.n_matched / len(ref),
+        al.n_matched,
+        kind,
+        rows,
+        _hidden(hidden, src.n_samples),
+    )
+
+
+def _matrix_input(x, gene_ids, pretrained, values, obs, kind, where, floor) -> PreparedInput:
     if values not in VALUES:
         raise ValueError(f"values={values!r}: expected one of {', '.join(VALUES)}")
     if gene_ids is None:
         raise ValueError(f"{where}: gene_ids= are needed to align a matrix to the gene reference")
-    gene_ids = np.asarray(gene_ids, dtype=object)
-    if x.ndim != 2 or x.shape[1] != len(gene_ids):
-        raise ValueError(
-            f"{where}: matrix has shape {x.shape} but {len(gene_ids)} gene IDs were given — "
-            "expected samples × genes"
-        )
-    al = align_values(gene_ids, ref, "log1p_tpm" if values == "z" else values)
-    covered = al.covered.copy()
-    good = np.isfinite(st.std) & (st.std > 0)
-    hidden = ~(covered & good)  # (G,)
-    n_matched = int(covered.sum())
-    coverage = n_matched / len(ref)
-    if coverage < LOW_COVERAGE:
-        log.warning(
-            "%s: only %d of %d genes of the checkpoint's reference (%.0f%%) are in the input; "
-            "embeddings of inputs with low coverage are less reliable",
-            where,
-            n_matched,
-            len(ref),
-            100 * coverage,
-        )
     if values == "z":
-        keep = al.gene_map >= 0
-        if len(np.unique(al.gene_map[keep])) != int(keep.sum()):
-            raise ValueError(f"{where}: duplicate gene IDs in z-scored input")
-    sparse = hasattr(x, "tocsr") and not isinstance(x, np.ndarray)
-
-    def rows(idx):
-        block = x[idx]
-        block = block.toarray() if sparse else np.asarray(block)
-        if block.ndim == 1:
-            block = block[None]
-        if values == "z":
-            if not np.isfinite(block).all():
-                raise ValueError(f"{where}: non-finite z-scores")
-            out = np.zeros((len(block), len(ref)), dtype=np.float32)
-            out[:, al.gene_map[keep]] = block[:, keep]
-            out[:, hidden] = 0.0
-            return out
-        check_values(block, values, where)
-        v = to_log1p_tpm(block, al, values)  # (b, G)
-        return zscore_ref(v, st.mean, st.std, covered).astype(np.float32)
-
-    def missing(idx):
-        n = len(range(x.shape[0])[idx]) if isinstance(idx, slice) else len(np.atleast_1d(idx))
-        return np.broadcast_to(hidden, (n, len(ref))).copy()
-
-    return PreparedInput(x.shape[0], obs, coverage, n_matched, kind, rows, missing)
-
-
-def _anndata_input(adata, pretrained, values, layer, gene_column) -> PreparedInput:
-    where = "AnnData"
-    if layer is not None:
-        if layer not in adata.layers:
+        gene_ids = np.asarray(gene_ids, dtype=object)
+        if x.ndim != 2 or x.shape[1] != len(gene_ids):
             raise ValueError(
-                f"AnnData has no layer {layer!r}; layers present: "
-                f"{', '.join(adata.layers.keys()) or '(none)'} (layer=None reads X)"
+                f"{where}: matrix has shape {x.shape} but {len(gene_ids)} gene IDs were given — "
+                "expected samples × genes"
             )
-        x, where = adata.layers[layer], f"AnnData layers[{layer!r}]"
-    else:
-        x = adata.X
-        where = "AnnData X"
-    if gene_column is None:
-        gene_ids = adata.var_names.to_numpy(dtype=object)
-    elif gene_column not in adata.var.columns:
-        raise ValueError(
-            f"AnnData var has no column {gene_column!r}; available: "
-            f"{', '.join(map(str, adata.var.columns)) or '(none)'} (default: var_names)"
-        )
-    else:
-        gene_ids = adata.var[gene_column].astype(str).to_numpy(dtype=object)
-    return _matrix_input(x, gene_ids, pretrained, values, adata.obs, "anndata", where)
+        return _z_input(x, gene_ids, pretrained, obs, kind, where, floor)
+    src = ArraySource(x, gene_ids, obs, values=values, path=where)
+    return _source_input(src, pretrained, kind, floor)
+
+
+def _anndata_input(adata, pretrained, values, layer, gene_column, floor) -> PreparedInput:
+    if values not in VALUES:
+        raise ValueError(f"values={values!r}: expected one of {', '.join(VALUES)}")
+    if values == "z":
+        x, genes, obs, where = anndata_matrix(adata, layer=layer, gene_column=gene_column)
+        return _z_input(x, genes, pretrained, obs, "anndata", where, floor)
+    src = anndata_source(adata, layer=layer, gene_column=gene_column, values=values)
+    return _source_input(src, pretrained, "anndata", floor)
 
 
 def _corpus_input(corpus: Corpus, pretrained) -> PreparedInput:
@@ -212,20 +291,23 @@ def prepare_input(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = MIN_GENE_OVERLAP,
 ) -> PreparedInput:
     """Align and standardize ``data`` for a checkpoint (lazily, row block by row block).
 
     Parameters
     ----------
-    data : (N, J) numpy array (with ``gene_ids``), AnnData (samples × genes), a
-        :class:`Corpus` or a corpus directory.
+    data : (N, J) numpy array (with ``gene_ids``), AnnData (samples × genes), an
+        :class:`~bulkformer.data.source.ExpressionSource` (ARCHS4, GDC, ``.h5ad`` file, array;
+        its own ``values``), a :class:`Corpus` or a corpus directory.
     pretrained : :class:`~bulkformer.model.pretrained.Pretrained`.
-    values, gene_ids, layer, gene_column : see :func:`embed`.
+    values, gene_ids, layer, gene_column, min_gene_overlap : see :func:`embed`.
 
     Raises
     ------
     ValueError
-        Unknown ``values``, no gene IDs, a layer or var column that does not exist, bad numbers.
+        Unknown ``values``, no gene IDs, a layer or var column that does not exist, bad numbers,
+        too few reference genes in the input.
     ReferenceMismatchError
         A corpus built for another gene reference than the checkpoint's.
     """
@@ -233,14 +315,21 @@ def prepare_input(
         data = Corpus.open(data)
     if isinstance(data, Corpus):
         return _corpus_input(data, pretrained)
+    if not 0 <= min_gene_overlap <= 1:
+        raise ValueError(f"min_gene_overlap={min_gene_overlap!r}: expected a fraction in [0, 1]")
+    if isinstance(data, ExpressionSource):  # ARCHS4Source, GDCSource, H5ADSource, ArraySource
+        return _source_input(data, pretrained, "source", min_gene_overlap)
     if _is_anndata(data):
-        return _anndata_input(data, pretrained, values, layer, gene_column)
+        return _anndata_input(data, pretrained, values, layer, gene_column, min_gene_overlap)
     if isinstance(data, np.ndarray) or hasattr(data, "tocsr"):
         n = data.shape[0]
         obs = pd.DataFrame(index=pd.Index([str(i) for i in range(n)]))
-        return _matrix_input(data, gene_ids, pretrained, values, obs, "numpy", "input matrix")
+        return _matrix_input(
+            data, gene_ids, pretrained, values, obs, "numpy", "input matrix", min_gene_overlap
+        )
     raise TypeError(
-        f"embed: data must be a numpy array, AnnData or Corpus (or its directory), got {type(data)}"
+        "embed: data must be a numpy array, AnnData, ExpressionSource or Corpus (or its "
+        f"directory), got {type(data)}"
     )
 
 
@@ -250,6 +339,15 @@ def _is_anndata(x) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(x, ad.AnnData)
+
+
+def _check_batch_size(batch_size) -> None:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or (batch_size < 1)
+    ):
+        raise ValueError(f"batch_size={batch_size!r}: expected a whole number of samples ≥ 1")
 
 
 def run_model(
@@ -276,6 +374,7 @@ def run_model(
     import torch
     from tqdm.auto import tqdm
 
+    _check_batch_size(batch_size)
     dev = resolve_device(device)
     idx = np.arange(prep.n_obs) if rows is None else np.asarray(rows, dtype=np.int64)
     cfg = model.config
@@ -317,6 +416,7 @@ def embed(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = MIN_GENE_OVERLAP,
     how: str | None = None,
     batch_size: int = 16,
     device=None,
@@ -329,20 +429,29 @@ def embed(
 
     Parameters
     ----------
-    data : (N, J) numpy array or scipy sparse matrix, AnnData (N samples × J genes),
-        :class:`~bulkformer.data.corpus.Corpus` or a corpus directory.
+    data : (N, J) numpy array or scipy sparse matrix, AnnData (N samples × J genes), an
+        :class:`~bulkformer.data.source.ExpressionSource` (e.g.
+        :class:`~bulkformer.data.h5ad.H5ADSource`, read block by block; ``values`` is the
+        source's own), :class:`~bulkformer.data.corpus.Corpus` or a corpus directory.
     pretrained : :class:`~bulkformer.model.pretrained.Pretrained` or its directory.
     values : what the matrix holds: ``"counts"`` (raw → TPM with gene lengths → log1p),
         ``"tpm"``, ``"log1p_tpm"``, or ``"z"`` (already z-scored with the checkpoint's
         statistics). Ignored for a corpus (always z-scores).
-    gene_ids : (J,) Ensembl gene IDs of the numpy columns (required for numpy input).
+    gene_ids : (J,) Ensembl gene IDs of the numpy columns (required for numpy input); gene
+        symbols of the reference are matched when no ID matches.
     layer : AnnData: read ``layers[layer]`` instead of ``X``.
     gene_column : AnnData: ``var`` column with Ensembl IDs (default ``var_names``).
+    min_gene_overlap : refuse (ValueError naming the input, the number matched and examples of
+        unmatched IDs) a matrix input covering fewer than this fraction of the checkpoint's
+        reference genes, or none (default :data:`MIN_GENE_OVERLAP` = 0.5; 0 accepts any
+        non-empty overlap). Numbers are checked too: negative or non-finite values,
+        non-integer counts, TPM above 1e6, log1p TPM above ln(1e6 + 1) and |z| above 65504
+        are refused.
     how : the sample embedding: ``"sample"`` (the model's sample vector, trained by the
         sample-bottleneck objective), or ``"mean"`` / ``"max"`` pooling of the gene embeddings
         over observed genes. ``None``: the checkpoint's ``config.pooling`` (``"sample"`` for
         models trained with the sample objective, ``"mean"`` for older ones).
-    batch_size : samples per forward pass.
+    batch_size : samples per forward pass (≥ 1).
     device : torch device; default CUDA when available, else CPU. The model is moved there.
     key_added : AnnData: ``obsm`` key of the (N, D) embeddings; gene-level ones go to
         ``obsm[key_added + "_genes"]``.
@@ -352,7 +461,7 @@ def embed(
 
     Returns
     -------
-    numpy / Corpus input: (N, D) float32 array, or ``(emb (N, D), genes (N, G, D))`` with
+    numpy / source / Corpus input: (N, D) float32 array, or ``(emb (N, D), genes (N, G, D))`` with
     ``gene_level``. AnnData: ``None`` (``data`` modified: ``obsm[key_added]``,
     ``uns["bulkformer"]``), or the modified copy when ``copy=True``.
 
@@ -363,10 +472,17 @@ def embed(
     ``n_genes_matched``, ``pooling``, ``values``, ``key_added`` (other keys already there are
     kept).
     """
+    _check_batch_size(batch_size)
     pre = resolve_pretrained(pretrained)
     how = how or pre.model.config.pooling
     prep = prepare_input(
-        data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
+        data,
+        pre,
+        values=values,
+        gene_ids=gene_ids,
+        layer=layer,
+        gene_column=gene_column,
+        min_gene_overlap=min_gene_overlap,
     )
     emb, genes = run_model(
         prep,

@@ -242,6 +242,7 @@ def probe(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = 0.5,
     how: str | None = None,
     n_splits: int = 5,
     split=None,
@@ -255,8 +256,8 @@ def probe(
 
     Parameters
     ----------
-    data, pretrained, values, gene_ids, layer, gene_column, how, batch_size, device :
-        as :func:`bulkformer.eval.embed`.
+    data, pretrained, values, gene_ids, layer, gene_column, min_gene_overlap, how, batch_size,
+    device : as :func:`bulkformer.eval.embed`.
     labels : (N,) labels, or the name of an ``obs`` column (AnnData) / ``"label"`` (corpus).
     n_splits, split, seed : :func:`make_folds`.
 
@@ -268,7 +269,13 @@ def probe(
 
     pre = resolve_pretrained(pretrained)
     prep = prepare_input(
-        data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
+        data,
+        pre,
+        values=values,
+        gene_ids=gene_ids,
+        layer=layer,
+        gene_column=gene_column,
+        min_gene_overlap=min_gene_overlap,
     )
     y = labels_of(prep, labels)
     folds = make_folds(y, n_splits=n_splits, seed=seed, split=split)

@@ -108,6 +108,7 @@ def evaluate(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = 0.5,
     how: str | None = None,
     n_splits: int = 5,
     split=None,
@@ -154,7 +155,13 @@ def evaluate(
         pre = resolve_pretrained(pretrained)
     with tm("prepare"):
         prep = prepare_input(
-            data, pre, values=values, gene_ids=gene_ids, layer=layer, gene_column=gene_column
+            data,
+            pre,
+            values=values,
+            gene_ids=gene_ids,
+            layer=layer,
+            gene_column=gene_column,
+            min_gene_overlap=min_gene_overlap,
         )
         y = labels_of(prep, label)
         folds = make_folds(y, n_splits=n_splits, seed=seed, split=split)

@@ -8,7 +8,7 @@ import pytest
 
 from bulkformer.data.archs4 import ARCHS4File, ARCHS4FormatError, ARCHS4Source
 from bulkformer.data.genes import GeneReference
-from bulkformer.data.normalize import log1p_tpm_ref, qc_ref
+from bulkformer.data.oracle import log1p_tpm_ref, qc_ref
 from bulkformer.data.source import align_genes
 from bulkformer.data.synthetic import make_archs4
 

@@ -9,7 +9,7 @@ import pytest
 from bulkformer.data import demo_path
 from bulkformer.data.demo import DEMO_N_GENES, DEMO_N_SAMPLES
 from bulkformer.data.genes import GeneReference, default_gene_lengths
-from bulkformer.data.normalize import log1p_tpm_ref
+from bulkformer.data.oracle import log1p_tpm_ref
 from bulkformer.data.source import align_genes
 
 

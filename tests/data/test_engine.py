@@ -7,21 +7,19 @@ import pytest
 from bulkformer import _C  # noqa: E402  (the engine must be built: a missing build fails)
 from bulkformer.data import engine
 from bulkformer.data.engine import EngineError, read_matrix
-from bulkformer.data.normalize import GeneStats, log1p_tpm_ref, qc_ref, zscore_ref
+from bulkformer.data.oracle import log1p_tpm_ref, qc_ref
 
 G, S = 1037, 301  # odd sizes: not multiples of any chunk extent below
 
 
 @pytest.fixture(params=["default", "zlib"])
-def inflate(request, monkeypatch):
+def inflate(request):
     """Run a test with the build's inflate library and again with zlib forced."""
-    if request.param == "zlib":
-        monkeypatch.setenv("BULKFORMER_INFLATE", "zlib")
-    else:
-        monkeypatch.delenv("BULKFORMER_INFLATE", raising=False)
+    prev = engine.set_inflate_backend("zlib" if request.param == "zlib" else "auto")
     want = "zlib" if request.param == "zlib" or not _C.have_libdeflate else "libdeflate"
     assert _C.inflate_backend() == want
-    return want
+    yield want
+    engine.set_inflate_backend(prev)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +94,12 @@ def test_fast_path_and_h5py_path_are_bit_identical(tmp_path, data, layout):
     counts, lengths, gene_map, n_out = data
     path = _write(tmp_path / "x.h5", counts, **LAYOUTS[layout])
     samples = np.arange(S)[::-2]
-    r = np.random.default_rng(2)
-    mean, std = r.normal(2, 1, n_out), r.uniform(0, 2, n_out)
-    std[:20] = 0
     with h5py.File(path) as f:
-        for mode, dtype in [("log1p_tpm", np.float32), ("z", np.float16), ("counts", np.uint32)]:
+        for mode, dtype in [
+            ("log1p_tpm", np.float32),
+            ("log1p_tpm", np.float16),
+            ("counts", np.uint32),
+        ]:
             a = read_matrix(
                 f["x"],
                 samples,
@@ -108,8 +107,6 @@ def test_fast_path_and_h5py_path_are_bit_identical(tmp_path, data, layout):
                 lengths=lengths,
                 n_out=n_out,
                 mode=mode,
-                mean=mean,
-                std=std,
                 dtype=dtype,
                 engine="cpp",
             )[0]
@@ -120,47 +117,11 @@ def test_fast_path_and_h5py_path_are_bit_identical(tmp_path, data, layout):
                 lengths=lengths,
                 n_out=n_out,
                 mode=mode,
-                mean=mean,
-                std=std,
                 dtype=dtype,
                 engine="h5py",
             )[0]
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 5])
-@pytest.mark.parametrize("scratch", [256 << 20, 1])  # 1 byte forces one sample per task
-def test_z_float16_matches_reference_any_threads(tmp_path, data, threads, scratch):
-    counts, lengths, gene_map, n_out = data
-    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip+shuffle"])
-    samples = np.arange(S)
-    v = log1p_tpm_ref(counts.T, lengths, gene_map, n_out)
-    mean, std = v.mean(0), v.std(0)
-    std[np.random.default_rng(0).random(n_out) < 0.05] = 0  # σ = 0 genes → z = 0
-    cov = np.zeros(n_out, bool)
-    ok = (gene_map >= 0) & np.isfinite(lengths) & (lengths > 0)
-    cov[gene_map[ok]] = True
-    ref = zscore_ref(v, mean, std, cov)
-    with h5py.File(path) as f:
-        out = read_matrix(
-            f["x"],
-            samples,
-            gene_map=gene_map,
-            lengths=lengths,
-            n_out=n_out,
-            mode="z",
-            mean=mean,
-            std=std,
-            dtype=np.float16,
-            threads=threads,
-            max_scratch_bytes=scratch,
-        )[0]
-    assert out.dtype == np.float16
-    assert np.isfinite(out).all()
-    assert _ulp16_close(out, ref)
-    assert (out[:, std == 0] == 0).all()
-    assert (out[:, ~cov] == 0).all()  # missing columns are 0 in z too
 
 
 def test_counts_mode_sums_duplicates_exactly(tmp_path, data):
@@ -176,35 +137,6 @@ def test_counts_mode_sums_duplicates_exactly(tmp_path, data):
     assert out.dtype == np.uint32
     np.testing.assert_array_equal(out, want.astype(np.uint32))
     np.testing.assert_array_equal(ident, counts[:, samples].T)
-
-
-def test_streaming_stats_match_reference(tmp_path, data):
-    counts, lengths, gene_map, n_out = data
-    path = _write(tmp_path / "x.h5", counts, **LAYOUTS["gzip"])
-    rows = np.random.default_rng(3).random(S) < 0.7
-    stats = np.zeros((3, n_out))
-    with h5py.File(path) as f:
-        # two calls accumulate into the same statistics
-        half = S // 2
-        for sl in (slice(0, half), slice(half, S)):
-            idx = np.arange(S)[sl]
-            read_matrix(
-                f["x"],
-                idx,
-                gene_map=gene_map,
-                lengths=lengths,
-                n_out=n_out,
-                out=False,
-                stats=stats,
-                stats_rows=rows[sl],
-                threads=2,
-            )
-    v = log1p_tpm_ref(counts.T, lengths, gene_map, n_out)[rows]
-    ref = GeneStats(n_out).update(v)
-    got = GeneStats.from_array(stats)
-    np.testing.assert_array_equal(got.count, rows.sum())
-    np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.std, ref.std, rtol=1e-4, atol=1e-5)
 
 
 def test_unwritten_chunks_and_skipped_filters(tmp_path):
@@ -289,7 +221,7 @@ def test_bad_arguments_have_clear_errors(tmp_path, data):
             read_matrix(ds, [0], lengths=lengths, gene_map=[0, 1, 2])
         with pytest.raises(IndexError, match="out of range"):
             read_matrix(ds, [S], lengths=lengths)
-        with pytest.raises(ValueError, match="needs mean and std"):
+        with pytest.raises(ValueError, match="mode must be"):
             read_matrix(ds, [0], lengths=lengths, mode="z")
         with pytest.raises(ValueError, match="lengths .* required"):
             read_matrix(ds, [0])
@@ -416,7 +348,7 @@ def _z_numpy(v, shift, scale, src):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_standardize_f16_bit_identical_to_numpy(threads):
+def test_standardize_bit_identical_to_numpy(threads):
     r = np.random.default_rng(7)
     n, g, s = 37, 1029, 3  # odd sizes: scalar tails of the vector loops
     v = (r.gamma(1.0, 3.0, (n, g)) * (r.random((n, g)) < 0.8)).astype(np.float32)
@@ -428,85 +360,85 @@ def test_standardize_f16_bit_identical_to_numpy(threads):
     scale[0, :6] = 1.0
     src = r.integers(0, s, n)
     out = np.empty((n, g), np.float16)
-    _C.standardize_f16(v, shift, scale, out, src, threads=threads)
+    _C.standardize(v, shift, scale, out, src, threads=threads)
     want = _z_numpy(v, shift, scale, src)
     np.testing.assert_array_equal(out.view(np.uint16), want.view(np.uint16))
     one = np.empty((n, g), np.float16)  # a single source needs no index
-    _C.standardize_f16(v, shift[:1], scale[:1], one, threads=threads)
+    _C.standardize(v, shift[:1], scale[:1], one, threads=threads)
     np.testing.assert_array_equal(one.view(np.uint16), _z_numpy(v, shift, scale, 0).view(np.uint16))
+    f32 = np.empty((n, g), np.float32)  # float32 out (embed): the same expression, unrounded
+    _C.standardize(v, shift, scale, f32, src, threads=threads)
+    want32 = np.clip((v - shift[src]) * scale[src], -65504, 65504).astype(np.float32)
+    np.testing.assert_array_equal(f32.view(np.uint32), want32.view(np.uint32))
 
 
-def test_standardize_f16_rejects_bad_arguments():
+def test_standardize_rejects_bad_arguments():
     v = np.zeros((4, 5), np.float32)
     sh = np.zeros((2, 5), np.float32)
     out = np.empty((4, 5), np.float16)
     with pytest.raises(ValueError, match="src is required"):
-        _C.standardize_f16(v, sh, sh, out)
+        _C.standardize(v, sh, sh, out)
     with pytest.raises(ValueError, match="out of range"):
-        _C.standardize_f16(v, sh, sh, out, np.array([0, 1, 2, 0]))
-    with pytest.raises(ValueError, match="float16"):
-        _C.standardize_f16(v, sh, sh, np.empty((4, 5), np.float32), np.zeros(4, np.int64))
+        _C.standardize(v, sh, sh, out, np.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="float16 or float32"):
+        _C.standardize(v, sh, sh, np.empty((4, 5), np.float64), np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match="must not be values"):
+        _C.standardize(v, sh, sh, v, np.zeros(4, np.int64))
     with pytest.raises(ValueError, match="shape"):
-        _C.standardize_f16(v, sh, sh, np.empty((4, 6), np.float16), np.zeros(4, np.int64))
+        _C.standardize(v, sh, sh, np.empty((4, 6), np.float16), np.zeros(4, np.int64))
 
 
-_SIMD_SCRIPT = r"""
-import sys, numpy as np
-from bulkformer import _C
-r = np.random.default_rng(11)
-c = (r.negative_binomial(1, 0.001, (29, 1037)) * (r.random((29, 1037)) < 0.7)).astype(np.uint32)
-c[0, :5] = [4_294_967_295, 16_777_217, 16_777_219, 2**31 + 1, 3]  # float rounding edge cases
-L = r.uniform(100, 9000, 1037)
-gm = r.integers(-1, 300, 1037)
-out = np.empty((29, 300), np.float32)
-nz = np.empty(29, np.int64); tot = np.empty(29)
-_C.normalize_dense(c, gene_map=gm, lengths=L, n_out=300, mode=1, out=out, nonzero=nz, total=tot)
-np.savez(sys.argv[1], out=out, nz=nz, tot=tot)
-"""
+def _simd_run():
+    r = np.random.default_rng(11)
+    c = (r.negative_binomial(1, 0.001, (29, 1037)) * (r.random((29, 1037)) < 0.7)).astype(np.uint32)
+    c[0, :5] = [4_294_967_295, 16_777_217, 16_777_219, 2**31 + 1, 3]  # float rounding edges
+    L = r.uniform(100, 9000, 1037)
+    gm = r.integers(-1, 300, 1037)
+    out = np.empty((29, 300), np.float32)
+    nz = np.empty(29, np.int64)
+    tot = np.empty(29)
+    _C.normalize_dense(c, gene_map=gm, lengths=L, n_out=300, mode=1, out=out, nonzero=nz, total=tot)
+    return {"out": out, "nz": nz, "tot": tot}
 
 
-_PATHS_SCRIPT = r"""
-import sys, numpy as np, h5py
-from bulkformer.data import engine
-path, out = sys.argv[1], sys.argv[2]
-r = np.random.default_rng(3)
-G, S = 3001, 130
-lengths = r.uniform(200, 9000, G)
-lengths[::17] = np.nan
-gm = np.full(G, -1, np.int64)
-gm[r.choice(G, 1000, replace=False)] = np.arange(1000)
-gm[5] = gm[6]  # a duplicate: summed
-res = {}
-with h5py.File(path) as f:
-    ds = f["x"]
-    for name, rows in (("all", np.arange(S)), ("run", np.arange(37, 101)),
-                       ("scattered", r.permutation(S)[:50])):
-        st = np.zeros((3, 1000))
-        o, nz, tot = engine.read_matrix(ds, rows, mode="log1p_tpm", gene_map=gm,
-                                        lengths=lengths, n_out=1000, stats=st,
-                                        stats_rows=(rows % 3 != 0), engine="cpp")
-        z, _, _ = engine.read_matrix(ds, rows, mode="z", gene_map=gm, lengths=lengths,
-                                     n_out=1000, mean=st[1], std=np.sqrt(st[2] / st[0]),
-                                     dtype=np.float16, engine="cpp")
-        q = engine.read_matrix(ds, rows, mode="log1p_tpm", gene_map=gm, lengths=lengths,
-                               n_out=1000, out=False, engine="cpp")
-        res.update({f"{name}_out": o, f"{name}_nz": nz, f"{name}_tot": tot, f"{name}_st": st,
-                    f"{name}_z": z, f"{name}_qnz": q[1], f"{name}_qtot": q[2]})
-np.savez(out, **res)
-"""
+def _paths_run(path):
+    r = np.random.default_rng(3)
+    G, S = 3001, 130
+    lengths = r.uniform(200, 9000, G)
+    lengths[::17] = np.nan
+    gm = np.full(G, -1, np.int64)
+    gm[r.choice(G, 1000, replace=False)] = np.arange(1000)
+    gm[5] = gm[6]  # a duplicate: summed
+    res = {}
+    kw = dict(gene_map=gm, lengths=lengths, n_out=1000, engine="cpp")
+    with h5py.File(path) as f:
+        ds = f["x"]
+        for name, rows in (
+            ("all", np.arange(S)),
+            ("run", np.arange(37, 101)),
+            ("scattered", r.permutation(S)[:50]),
+        ):
+            o, nz, tot = read_matrix(ds, rows, **kw)
+            h, _, _ = read_matrix(ds, rows, dtype=np.float16, **kw)
+            q = read_matrix(ds, rows, out=False, **kw)
+            res.update(
+                {
+                    f"{name}_out": o,
+                    f"{name}_nz": nz,
+                    f"{name}_tot": tot,
+                    f"{name}_f16": h,
+                    f"{name}_qnz": q[1],
+                    f"{name}_qtot": q[2],
+                }
+            )
+    return res
 
 
 def test_gene_major_and_transposing_paths_are_bit_identical(tmp_path):
     """Wide chunks are accumulated gene-major (across samples, no transposition) when the
-    requested samples of a chunk column form one run; BULKFORMER_GENE_MAJOR=0 forces the
-    transposing path, BULKFORMER_SIMD=0 the portable loops. All must agree bit for bit (QC,
-    values, z, statistics), on counts whose float conversion and TPM sums round."""
-    import os
-    import subprocess
-    import sys
-
-    import bulkformer
-
+    requested samples of a chunk column form one run; set_gene_major(False) forces the
+    transposing path, set_simd(False) the portable loops. All must agree bit for bit (QC,
+    float32 and float16 values), on counts whose float conversion and TPM sums round."""
     r = np.random.default_rng(2)
     c = (r.negative_binomial(1, 0.0005, (3001, 130)) * (r.random((3001, 130)) < 0.7)).astype(
         np.uint32
@@ -514,45 +446,40 @@ def test_gene_major_and_transposing_paths_are_bit_identical(tmp_path):
     c[:7, :5] = [[4_294_967_295], [16_777_217], [16_777_219], [2**31 + 1], [3], [0], [99]]
     h5 = tmp_path / "wide.h5"
     _write(h5, c, chunks=(512, 64), compression="gzip", shuffle=True)  # partial edge chunks
-    root = os.path.dirname(os.path.dirname(os.path.abspath(bulkformer.__file__)))
     runs = {}
-    for name, extra in (
+    for name, kw in (
         ("gene-major", {}),
-        ("transposing", {"BULKFORMER_GENE_MAJOR": "0"}),
-        ("portable", {"BULKFORMER_SIMD": "0"}),
+        ("transposing", {"gene_major": False}),
+        ("portable", {"simd": False}),
     ):
-        f = tmp_path / f"{name}.npz"
-        env = dict(os.environ, PYTHONPATH=root, **extra)
-        subprocess.run(
-            [sys.executable, "-c", _PATHS_SCRIPT, str(h5), str(f)],
-            check=True,
-            env=env,
-            cwd=tmp_path,
-        )
-        runs[name] = np.load(f)
+        with engine.switches(**kw):
+            runs[name] = _paths_run(h5)
     ref = runs["transposing"]
     for name in ("gene-major", "portable"):
-        for key in ref.files:
+        for key in ref:
             np.testing.assert_array_equal(runs[name][key], ref[key], err_msg=f"{name} {key}")
 
 
-def test_simd_and_portable_loops_are_bit_identical(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    import bulkformer
-
-    files = []
-    for simd in ("1", "0"):
-        f = tmp_path / f"simd{simd}.npz"
-        # the same bulkformer as this process (installed, or a built checkout), whatever the cwd
-        root = os.path.dirname(os.path.dirname(os.path.abspath(bulkformer.__file__)))
-        env = dict(os.environ, BULKFORMER_SIMD=simd, PYTHONPATH=root)
-        # cwd=tmp_path: "python -c" puts the cwd first on sys.path, and a checkout has no _C
-        subprocess.run(
-            [sys.executable, "-c", _SIMD_SCRIPT, str(f)], check=True, env=env, cwd=tmp_path
-        )
-        files.append(np.load(f))
+def test_simd_and_portable_loops_are_bit_identical():
+    fast = _simd_run()
+    with engine.switches(simd=False):
+        portable = _simd_run()
     for key in ("out", "nz", "tot"):
-        np.testing.assert_array_equal(files[0][key], files[1][key])
+        np.testing.assert_array_equal(fast[key], portable[key])
+
+
+def test_switch_setters_return_the_previous_setting_and_restore():
+    assert engine.set_simd(False) is True
+    assert engine.set_simd(True) is False
+    assert engine.set_gene_major(False) is True
+    assert engine.set_gene_major(True) is False
+    assert engine.set_inflate_backend("zlib") == "auto"
+    assert _C.inflate_backend() == "zlib"
+    assert engine.set_inflate_backend("auto") == "zlib"
+    with pytest.raises(ValueError, match="'auto' or 'zlib'"):
+        engine.set_inflate_backend("gzip")
+    with engine.switches(simd=False, gene_major=False):
+        assert engine.set_simd(False) is False and engine.set_gene_major(False) is False
+    assert engine.set_simd(True) is True and engine.set_gene_major(True) is True
+    assert engine.set_default_threads(3) == 0
+    assert engine.set_default_threads(None) == 3

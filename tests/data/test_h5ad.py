@@ -5,10 +5,10 @@ import pytest
 import scipy.sparse as sp
 from corpus_data import make_source_data, pipeline_ref
 
+from bulkformer.data.array import ArraySource
 from bulkformer.data.corpus import assign_splits, build_corpus
 from bulkformer.data.h5ad import H5ADSource
-from bulkformer.data.memory import ArraySource
-from bulkformer.data.normalize import log1p_tpm_ref, qc_ref
+from bulkformer.data.oracle import log1p_tpm_ref, qc_ref
 from bulkformer.data.source import align_genes
 
 

@@ -10,8 +10,8 @@ import torch
 from eval_data import demo_counts
 
 from bulkformer.data.genes import ReferenceMismatchError
-from bulkformer.data.memory import align_values
-from bulkformer.data.normalize import log1p_tpm_ref, zscore_ref
+from bulkformer.data.matrix import align_values
+from bulkformer.data.oracle import log1p_tpm_ref, zscore_ref
 from bulkformer.eval import embed, prepare_input
 
 
@@ -123,7 +123,7 @@ def test_gene_level_pools_to_sample_embedding(counts, pretrained):
 def test_bad_inputs(counts, corpus, pretrained, tmp_path):
     x, genes, _, _ = counts
     adata = _adata(counts)
-    with pytest.raises(ValueError, match="no layer 'tpm'.*layers present"):
+    with pytest.raises(ValueError, match="AnnData: no layer 'tpm'; available layers"):
         embed(adata, pretrained, layer="tpm", progress=False)
     with pytest.raises(ValueError, match="var has no column 'gene'"):
         embed(adata, pretrained, gene_column="gene", progress=False)
@@ -147,8 +147,135 @@ def test_low_coverage_warns(counts, pretrained, caplog):
         genes, pretrained.reference.gene_ids
     )
     with caplog.at_level(logging.WARNING, logger="bulkformer.eval.embed"):
-        prep = prepare_input(x[:, keep], pretrained, gene_ids=genes[keep])
+        prep = prepare_input(x[:, keep], pretrained, gene_ids=genes[keep], min_gene_overlap=0.2)
     assert prep.n_matched == 20 and abs(prep.coverage - 20 / 64) < 1e-9
     assert "only 20 of 64 genes" in caplog.text
     assert prep.missing(np.arange(3)).sum(1).tolist() == [44, 44, 44]
     assert (prep.rows(np.arange(3))[prep.missing(np.arange(3))] == 0).all()
+
+
+# ---------------------------------------------------------------- input refusals (issue 12)
+def _tpm(counts):
+    x, genes, _, _ = counts
+    tpm = x / x.sum(1, keepdims=True) * 1e6
+    return tpm, genes
+
+
+def test_gene_symbols_are_matched_like_the_h5ad_reader(counts, pretrained):
+    """A matrix indexed by gene symbol gives the embeddings of the same matrix indexed by
+    Ensembl ID (TPM: no lengths involved), not all-zero ones."""
+    tpm, genes = _tpm(counts)
+    ref = pretrained.reference
+    pos = pd.Index(ref.gene_ids).get_indexer(genes)
+    symbols = np.where(
+        pos >= 0, ref.symbols[np.maximum(pos, 0)], [f"nope{i}" for i in range(len(genes))]
+    )
+    by_id = embed(tpm, pretrained, gene_ids=genes, values="tpm", progress=False)
+    by_sym = embed(tpm, pretrained, gene_ids=symbols, values="tpm", progress=False)
+    assert prepare_input(tpm, pretrained, gene_ids=symbols, values="tpm").n_matched == 64
+    np.testing.assert_array_equal(by_sym, by_id)
+    assert np.abs(by_sym).max() > 0
+
+
+def test_no_overlap_is_refused_naming_input_count_and_examples(counts, pretrained):
+    x, genes, _, _ = counts
+    junk = np.array([f"XYZ{i}" for i in range(len(genes))], dtype=object)
+    with pytest.raises(ValueError, match=r"input matrix: only 0 of 64 genes.*'XYZ0', 'XYZ1'"):
+        embed(x, pretrained, gene_ids=junk, progress=False)
+    with pytest.raises(ValueError, match=r"only 0 of 64"):
+        embed(x, pretrained, gene_ids=junk, min_gene_overlap=0, progress=False)  # never empty
+
+
+def test_overlap_below_the_floor_is_refused(counts, pretrained):
+    x, genes, _, _ = counts
+    keep = np.isin(genes, pretrained.reference.gene_ids[:20]) | ~np.isin(
+        genes, pretrained.reference.gene_ids
+    )
+    with pytest.raises(ValueError, match=r"only 20 of 64 .* below min_gene_overlap=0.5"):
+        embed(x[:, keep], pretrained, gene_ids=genes[keep], progress=False)
+    emb = embed(x[:, keep], pretrained, gene_ids=genes[keep], min_gene_overlap=0.3, progress=False)
+    assert np.isfinite(emb).all()
+    with pytest.raises(ValueError, match=r"only 20 of 64"):
+        embed(x[:, keep], pretrained, gene_ids=genes[keep], min_gene_overlap=0.32, progress=False)
+    with pytest.raises(ValueError, match="min_gene_overlap=1.5"):
+        embed(x, pretrained, gene_ids=genes, min_gene_overlap=1.5, progress=False)
+
+
+@pytest.mark.parametrize(
+    "values, bad, match",
+    [
+        ("counts", -3.0, "negative"),
+        ("counts", np.inf, "non-finite"),
+        ("tpm", np.nan, "non-finite"),
+        ("tpm", 2e6, r"above 1e6"),
+        ("log1p_tpm", 14.0, r"above ln\(1e6 \+ 1\)"),
+        ("log1p_tpm", -0.5, "negative"),
+        ("z", 1e30, r"beyond ±65504"),
+        ("z", -np.inf, "non-finite"),
+    ],
+)
+def test_non_physical_values_are_refused(counts, pretrained, values, bad, match):
+    tpm, genes = _tpm(counts)
+    x = {"counts": counts[0].astype(np.float64), "tpm": tpm, "log1p_tpm": np.log1p(tpm)}.get(
+        values, np.zeros_like(tpm)
+    )
+    x = np.array(x, dtype=np.float64)
+    x[3, np.flatnonzero(np.isin(genes, pretrained.reference.gene_ids))[5]] = bad
+    with pytest.raises(ValueError, match=match):
+        embed(x, pretrained, gene_ids=genes, values=values, progress=False)
+
+
+def test_largest_physical_values_are_accepted(counts, pretrained):
+    tpm, genes = _tpm(counts)
+    top = np.zeros_like(tpm)
+    top[:, np.flatnonzero(np.isin(genes, pretrained.reference.gene_ids))[0]] = 1e6
+    assert np.isfinite(embed(top, pretrained, gene_ids=genes, values="tpm", progress=False)).all()
+    z = np.full(tpm.shape, 65504.0)
+    assert np.isfinite(embed(z, pretrained, gene_ids=genes, values="z", progress=False)).all()
+    lg = np.log1p(top).astype(np.float32)  # float32 rounding of ln(1e6 + 1) is not refused
+    assert np.isfinite(
+        embed(lg, pretrained, gene_ids=genes, values="log1p_tpm", progress=False)
+    ).all()
+
+
+@pytest.mark.parametrize("bs", [0, -2, 1.5])
+def test_batch_size_below_one_is_a_clear_error(counts, pretrained, bs):
+    x, genes, _, _ = counts
+    with pytest.raises(ValueError, match=rf"batch_size={bs!r}: expected a whole number"):
+        embed(x[:4], pretrained, gene_ids=genes, batch_size=bs, progress=False)
+
+
+def test_cli_batch_size_zero_is_a_clear_error(corpus, ckpt, tmp_path, capsys):
+    from bulkformer.cli import main
+
+    argv = [
+        "embed",
+        "--checkpoint",
+        str(ckpt),
+        "--corpus",
+        str(corpus.path),
+        "--out",
+        str(tmp_path / "e.npy"),
+        "--batch-size",
+        "0",
+    ]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "--batch-size: '0': expected a whole number ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_expression_sources_embed_like_their_matrices(counts, pretrained, tmp_path):
+    """An ExpressionSource (an .h5ad file read block by block, an ArraySource) gives the
+    embeddings of the same numbers passed as AnnData / numpy."""
+    from bulkformer.data.array import ArraySource
+    from bulkformer.data.h5ad import H5ADSource
+
+    x, genes, _, _ = counts
+    adata = _adata(counts)
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    kw = dict(batch_size=7, progress=False)  # same batches: same model arithmetic
+    want = embed(adata, pretrained, copy=True, **kw).obsm["X_bulkformer"]
+    np.testing.assert_array_equal(embed(H5ADSource(tmp_path / "x.h5ad"), pretrained, **kw), want)
+    np.testing.assert_array_equal(embed(ArraySource(x, genes), pretrained, **kw), want)

@@ -159,18 +159,20 @@ def test_launcher_rejects_bad_inputs(change, match):
         fe.fused_embedding_fwd(*args)
 
 
-def test_backend_resolution(monkeypatch):
-    monkeypatch.delenv(fe.ENV_BACKEND, raising=False)
+def test_backend_resolution():
     assert fe.resolve_backend("auto", "cpu") == "torch"
     assert fe.resolve_backend("torch", "cuda") == "torch"
     if fe.HAS_TRITON:
         assert fe.resolve_backend("auto", "cuda") == "triton"
-    monkeypatch.setenv(fe.ENV_BACKEND, "triton")
-    assert fe.resolve_backend("auto", "cpu") == "triton"
-    assert fe.resolve_backend("torch", "cpu") == "torch"  # explicit choices win over the env
-    monkeypatch.setenv(fe.ENV_BACKEND, "cuda")
-    with pytest.raises(ValueError, match=fe.ENV_BACKEND):
-        fe.resolve_backend("auto", "cpu")
+    assert fe.set_default_backend("triton") == "auto"
+    try:
+        assert fe.resolve_backend("auto", "cpu") == "triton"
+        assert fe.resolve_backend("torch", "cpu") == "torch"  # explicit choices win
+    finally:
+        assert fe.set_default_backend("auto") == "triton"
+    assert fe.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(ValueError, match="must be one of"):
+        fe.set_default_backend("cuda")
     with pytest.raises(ValueError, match="must be one of"):
         fe.resolve_backend("fast", "cpu")
 
