@@ -55,7 +55,13 @@ def _data_args(p, *, label: bool) -> None:
         )
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", required=True, metavar="DIR", help="pretrained directory")
-    m.add_argument("--how", choices=["mean", "max"], default="mean", help="pooling (mean)")
+    m.add_argument(
+        "--how",
+        choices=["sample", "mean", "max"],
+        default=None,
+        help="sample embedding: the sample vector, or mean/max pooling of gene embeddings "
+        "(default: the checkpoint's config.pooling)",
+    )
     m.add_argument("--batch-size", type=_positive_int, default=16, metavar="N")
     m.add_argument("--device", help="torch device (default: cuda when available)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")

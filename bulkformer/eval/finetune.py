@@ -27,7 +27,7 @@ class FinetuneClassifier:
     ----------
     model : pretrained :class:`~bulkformer.model.BulkFormer` (deep-copied; not modified).
     classes : the C class names.
-    how : pooling, ``"mean"`` | ``"max"``.
+    how : sample embedding, ``"sample"`` | ``"mean"`` | ``"max"``; None: ``config.pooling``.
     lr : head learning rate; the encoder gets ``lr * encoder_lr_scale``.
     """
 
@@ -36,7 +36,7 @@ class FinetuneClassifier:
         model,
         classes,
         *,
-        how: str = "mean",
+        how: str | None = None,
         lr: float = 1e-2,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 0.01,
@@ -121,7 +121,7 @@ def finetune_cv(
     labels,
     folds,
     *,
-    how: str = "mean",
+    how: str | None = None,
     epochs: int = 10,
     lr: float = 1e-2,
     encoder_lr_scale: float = 0.1,
@@ -168,7 +168,7 @@ def finetune(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,

@@ -259,7 +259,7 @@ def probe(
     layer: str | None = None,
     gene_column: str | None = None,
     min_gene_overlap: float = 0.5,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,

@@ -109,7 +109,7 @@ def evaluate(
     layer: str | None = None,
     gene_column: str | None = None,
     min_gene_overlap: float = 0.5,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,
@@ -248,7 +248,7 @@ def evaluate(
         "coverage": round(float(prep.coverage), 4),
         "classes": {str(k): int(v) for k, v in pd.Series(y).value_counts().items()},
         "folds": len(folds),
-        "pooling": how,
+        "pooling": how or pre.model.config.pooling,
         "input": prep.kind,
     }
     rep = EvalReport(out, cls, imp, clus, timings, info)

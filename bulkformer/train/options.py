@@ -33,6 +33,11 @@ class PretrainOptions:
     contrastive_temperature: float = option(0.1, "temperature of the InfoNCE term")
     val_every: int = option(200, "validate every N steps (and at the end; 0: only at the end)")
     val_max_samples: int = option(0, "cap the validation rows (0: the whole val split)")
+    val_masks: int = option(4, "random masks of every validation row (the same each time)")
+    val_baselines: bool = option(
+        True, "also score gene-mean, kNN and PCA imputers on the validation positions"
+    )
+    val_baseline_rows: int = option(1000, "training rows the baselines are fitted on (0: all)")
     ckpt_every: int = option(500, "checkpoint every N steps (and at the end)")
     keep_last: int = option(3, "checkpoints kept (0: all)")
     log_every: int = option(10, "training rows in metrics.csv every N steps")

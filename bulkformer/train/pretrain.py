@@ -52,7 +52,12 @@ from .distributed import (
 )
 from .inputs import load_esm, resolve_config
 from .monitor import StepMonitor, plot_loss_curve
+from .objectives import pretrain_sse
 from .options import PretrainOptions, lr_at
+from .validation import BaselineImputers, val_mask
+
+#: the baselines scored beside the model at validation (``val_<name>`` in metrics.csv)
+VAL_BASELINES = ("gene_mean", "knn", "pca")
 
 __all__ = [
     "PretrainOptions",
@@ -90,6 +95,7 @@ class PretrainResult:
     history: list = field(default_factory=list)  # the val rows of metrics.csv
     #: ``resume`` found the run already at ``steps``: nothing was trained or rewritten
     already_finished: bool = False
+    val_extra: dict = field(default_factory=dict)  # val_sample_mse, val_gene_mean/knn/pca
 
 
 # ====================================================================== set-up helpers
@@ -198,6 +204,8 @@ class _Run:
         self.last_ckpt: Path | None = None
         self.last_loss = float("nan")  # of the latest step
         self.window_loss: float | None = None  # mean over the latest logged window
+        self.val_extra: dict = {}  # the latest validation's val_* numbers beside val_mse
+        self.val_baseline_mse: dict | None = None  # baselines on the val positions (once)
 
     @property
     def train_loss(self) -> float:
@@ -384,8 +392,16 @@ class _Run:
         opts = self.opts
         with self._autocast():
             out = module(x, missing=missing, masked=masked)
-        sse = ((out.pred - x).square() * masked).sum()  # fp32
-        loss = sse / count * self.info.world
+        cfg = self.config
+        total, sse, _ = pretrain_sse(  # fp32 sums
+            out,
+            x,
+            masked,
+            cfg.sample_weight,
+            targets=cfg.sample_targets,
+            mask_fraction=opts.mask_fraction,
+        )
+        loss = total / count * self.info.world
         nce = torch.zeros((), device=x.device)
         if opts.contrastive_weight > 0:
             b = len(x) // 2
@@ -395,15 +411,20 @@ class _Run:
         return loss, sse.detach(), nce.detach()
 
     def validate(self) -> tuple[float | None, float | None]:
-        """Masked MSE of the model and of the gene-mean baseline (z = 0) on the val rows,
-        with masks from a fixed generator (the same positions at every validation)."""
+        """Masked MSE (z scale) of the model and of the z = 0 baseline on the val rows over
+        ``val_masks`` random masks (:func:`.validation.val_mask`: the same positions at every
+        validation). Also sets ``self.val_extra``: the sample decoder's MSE and, computed once
+        on the same positions, the gene-mean, kNN and PCA baselines fitted on training rows."""
         if len(self.val_rows) == 0:
             return None, None
         info, opts = self.info, self.opts
         module = self.model  # (under FSDP2 the model itself is the sharded module)
-        gen = Masker(opts.mask_fraction, opts.seed + 7919, self.device)
         b, GB = opts.batch_size, self.global_batch
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sse, z², count
+        terms = ["model", "zero", "sample", *VAL_BASELINES]
+        sums = torch.zeros(len(terms) + 1, dtype=torch.float64, device=self.device)  # sse…, n
+        imputers = None
+        if opts.val_baselines and self.val_baseline_mse is None:
+            imputers = self._baseline_imputers()
         expr = self.corpus.expression
         self.model.eval()
         try:
@@ -416,18 +437,45 @@ class _Run:
                     xb = torch.from_numpy(np.asarray(expr[rows], dtype=np.float16))
                     src = torch.from_numpy(self.source_index[rows])
                     x, missing = self._inputs(xb, src)
-                    masked = gen(~missing, GB, info.rank * b)[0]
-                    with self._autocast():
-                        pred = module(x, missing=missing, masked=masked).pred
-                    m = masked.double() * weight
-                    sums[0] += ((pred.double() - x.double()).square() * m).sum()
-                    sums[1] += (x.double().square() * m).sum()
-                    sums[2] += m.sum()
+                    observed = ~missing.cpu().numpy()
+                    for k in range(opts.val_masks):
+                        mk = val_mask(observed, rows, opts.mask_fraction, k, opts.seed + 7919)
+                        masked = torch.from_numpy(mk).to(self.device)
+                        with self._autocast():
+                            out = module(x, missing=missing, masked=masked)
+                        preds = {"model": out.pred, "zero": torch.zeros_like(x)}
+                        if out.sample_pred is not None:
+                            preds["sample"] = out.sample_pred
+                        if imputers is not None:
+                            for n, p in imputers.predict(x.cpu().numpy(), observed & ~mk).items():
+                                preds[n] = torch.from_numpy(np.array(p))  # a writable copy
+                        m = masked.double() * weight
+                        for i, n in enumerate(terms):
+                            if n in preds:
+                                p = preds[n].to(self.device).double()
+                                sums[i] += ((p - x.double()).square() * m).sum()
+                        sums[-1] += m.sum()
         finally:
             self.model.train()
         all_reduce(sums, info)
-        n = max(sums[2].item(), 1.0)
-        return sums[0].item() / n, sums[1].item() / n
+        mse = dict(zip(terms, (sums[:-1] / max(sums[-1].item(), 1.0)).tolist()))
+        if imputers is not None:
+            self.val_baseline_mse = {f"val_{n}": mse[n] for n in VAL_BASELINES}
+        self.val_extra = dict(self.val_baseline_mse or {})
+        if self.config.sample_weight > 0:
+            self.val_extra["val_sample_mse"] = mse["sample"]
+        return mse["model"], mse["zero"]
+
+    def _baseline_imputers(self) -> BaselineImputers:
+        """:class:`.validation.BaselineImputers` on up to ``val_baseline_rows`` training rows."""
+        rows = np.asarray(self.corpus.splits["train"])
+        n = self.opts.val_baseline_rows
+        if n and len(rows) > n:
+            rng = np.random.default_rng(self.opts.seed)
+            rows = np.sort(rng.choice(rows, n, replace=False))
+        x = np.asarray(self.corpus.expression[rows], dtype=np.float32)
+        observed = ~np.asarray(self.corpus.missing)[self.source_index[rows]]
+        return BaselineImputers(x, observed, fraction=self.opts.mask_fraction, seed=self.opts.seed)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> PretrainResult:
@@ -577,7 +625,7 @@ class _Run:
         if not ((opts.val_every and self.step % opts.val_every == 0) or self.step == opts.steps):
             return None
         val_mse, val_base = self.validate()
-        monitor.val(self.step, epoch, val_mse, val_base)
+        monitor.val(self.step, epoch, val_mse, val_base, **self.val_extra)
         return val_mse, val_base
 
     def _maybe_save(self) -> None:
@@ -648,6 +696,7 @@ class _Run:
                 "train_loss": self.train_loss,
                 "val_mse": val_mse,
                 "val_gene_mean_baseline": val_base,
+                **self.val_extra,
                 "tokens_per_s": tps,
                 "world_size": info.world,
                 "options": self.opts.to_dict(),
@@ -679,6 +728,7 @@ class _Run:
             metrics=metrics_csv,
             config=self.config,
             history=history,
+            val_extra=dict(self.val_extra),
         )
 
 
