@@ -404,9 +404,16 @@ def pretty_classification(cls: pd.DataFrame) -> pd.DataFrame:
     for c in ("features", "classifier"):
         if c in cls:
             out[c] = cls[c]
-    for m, name in (("f1_weighted", "weighted F1"), ("f1_macro", "macro F1"), ("accuracy", "accuracy")):
+    for m, name in (
+        ("f1_weighted", "weighted F1"),
+        ("f1_macro", "macro F1"),
+        ("accuracy", "accuracy"),
+    ):
         if m in cls:
-            out[name] = [format_mean_std(a, b) for a, b in zip(cls[m], cls.get(m + "_std", [None] * len(cls)))]
+            out[name] = [
+                format_mean_std(a, b)
+                for a, b in zip(cls[m], cls.get(m + "_std", [None] * len(cls)))
+            ]
     return out
 
 

@@ -12,8 +12,10 @@ log = logging.getLogger(__name__)
 DEMO_EPILOG = """\
 what it does (each step timed):
   preprocess the data → keep the N most variable genes → pretrain a small BulkFormer →
-  embed → linear probe and fine-tuning vs logistic regression / PCA baselines (same folds) →
-  imputation vs gene-mean and kNN → UMAP / t-SNE → Markdown + HTML report in OUT/report
+  embed → linear probe, random forest and fine-tuning (early stopping) vs logistic
+  regression / PCA / random-forest baselines (same folds) → imputation vs gene mean, kNN and a
+  PCA imputer (same masked positions) → 3 seeds (bundled data), mean ± std → UMAP / t-SNE →
+  Markdown + HTML report in OUT/report
 
 examples:
   bulkformer demo --out demo_run                     # bundled GEUVADIS, label sex, ~minutes
@@ -56,7 +58,9 @@ def _data_args(p, *, label: bool, positional_checkpoint: bool = False) -> None:
         )
     m = p.add_argument_group("model")
     if positional_checkpoint:
-        p.add_argument("checkpoint", metavar="CHECKPOINT", help="pretrained directory (RUN/pretrained)")
+        p.add_argument(
+            "checkpoint", metavar="CHECKPOINT", help="pretrained directory (RUN/pretrained)"
+        )
         m.add_argument(
             "--how", choices=["mean", "max", "sample"], help="pooling (default: the model's)"
         )
@@ -212,10 +216,20 @@ def add_parser(subparsers) -> None:
     d.add_argument("--config", help="model preset or config JSON (tiny; small on a GPU)")
     d.add_argument("--batch-size", type=int, metavar="N")
     d.add_argument("--lr", type=float, help="pretraining peak LR (3e-3 on CPU, 1e-3 on a GPU)")
-    d.add_argument("--epochs", type=int, help="fine-tuning epochs (0 skips fine-tuning)")
+    d.add_argument(
+        "--epochs",
+        type=int,
+        help="fine-tuning: most epochs (30; early stopping; 0 skips fine-tuning)",
+    )
     d.add_argument("--folds", type=int, default=5, metavar="K")
     d.add_argument("--device", help="torch device (default: cuda when available)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="first seed (0)")
+    d.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="repeat pretraining + evaluation for N seeds, report mean ± std (3 bundled, else 1)",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=run_demo)
@@ -417,6 +431,7 @@ def _demo(demo, args):
         n_splits=args.folds,
         device=args.device,
         seed=args.seed,
+        seeds=args.seeds,
         overwrite=args.overwrite,
         progress=_progress(args),
     )

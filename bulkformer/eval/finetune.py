@@ -75,7 +75,7 @@ class FinetuneClassifier:
     ----------
     model : pretrained :class:`~bulkformer.model.BulkFormer` (deep-copied; not modified).
     classes : the C class names.
-    how : pooling, ``"mean"`` | ``"max"``.
+    how : pooling, ``"mean"`` | ``"max"`` | …; ``None``: the model's default sample vector.
     lr : head learning rate; the encoder gets ``lr * encoder_lr_scale``.
     """
 
@@ -84,7 +84,7 @@ class FinetuneClassifier:
         model,
         classes,
         *,
-        how: str = "mean",
+        how: str | None = None,
         lr: float = 1e-2,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 0.01,
@@ -118,7 +118,8 @@ class FinetuneClassifier:
 
     def _logits(self, x, miss):
         out = self.encoder(x, missing=miss)  # hidden (B, G, D)
-        return self.head(out.pool(self.how).float())  # (B, C)
+        pooled = out.pool(self.how) if self.how else out.pool()  # None: the model's default
+        return self.head(pooled.float())  # (B, C)
 
     def fit(
         self,
@@ -240,7 +241,7 @@ def finetune_cv(
     labels,
     folds,
     *,
-    how: str = "mean",
+    how: str | None = None,
     epochs: int = 50,
     patience: int | None = 3,
     lr: float = 1e-2,
@@ -311,7 +312,7 @@ def finetune(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,

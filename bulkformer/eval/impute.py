@@ -134,7 +134,8 @@ def impute_eval(
     :class:`ImputationResult`: ``table`` rows ``bulkformer, gene_mean, knn, pca`` with
     ``pearson_r``, ``mse`` (log1p TPM), ``pearson_r_z``, ``mse_z`` (z), their ``_std`` over
     masks, ``n_masked`` (per mask) and ``seconds``; ``mask`` and ``predictions`` of the first
-    mask. ``table.attrs["settings"]`` holds the chosen k's and the validation table.
+    mask. ``table.attrs["settings"]`` holds the chosen k's; ``validation`` the validation
+    MSE of every candidate k.
     """
     test_rows = np.asarray(test_rows, dtype=np.int64)
     train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -192,7 +193,6 @@ def impute_eval(
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
     table.attrs["settings"] = {"knn_k": int(k), "pca_k": int(pca_k), "n_masks": n_masks}
-    table.attrs["validation"] = val_table
     log.info(
         "imputation (%d masked entries × %d masks; kNN k=%d, PCA k=%d): r %s, r_z %s",
         int(first[0].sum()),
@@ -202,5 +202,6 @@ def impute_eval(
         table["pearson_r"].round(3).to_dict(),
         table["pearson_r_z"].round(3).to_dict(),
     )
-    return ImputationResult(table, first[0], first[1], test_rows)
-
+    out = ImputationResult(table, first[0], first[1], test_rows)
+    out.validation = val_table
+    return out

@@ -135,9 +135,7 @@ class PCAImputer:
         rest = max(self.total_var_ - float(self.variances_[:k].sum()), 0.0)
         return rest / max(self.n_genes_ - k, 1)
 
-    def predict(
-        self, x: np.ndarray, visible: np.ndarray, k: int | list[int]
-    ) -> np.ndarray | dict:
+    def predict(self, x: np.ndarray, visible: np.ndarray, k: int | list[int]) -> np.ndarray | dict:
         """(n, G) float32 reconstructions with k components (a dict k → array for a list).
 
         Parameters
@@ -220,8 +218,7 @@ def select_imputers(
         rows.append({"method": "pca", "k": k, "val_mse_z": _mse(truth, p, vmask)})
     table = pd.DataFrame(rows)
     best = {
-        m: int(table.loc[table[table.method == m].val_mse_z.idxmin(), "k"])
-        for m in ("knn", "pca")
+        m: int(table.loc[table[table.method == m].val_mse_z.idxmin(), "k"]) for m in ("knn", "pca")
     }
     log.info("imputer settings chosen on %d validation rows: %s", len(va), best)
     return best, table
