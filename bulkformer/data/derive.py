@@ -25,15 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import (
-    Corpus,
-    CorpusStats,
-    _fsync_dir,
-    _json_bytes,
-    _npy_bytes,
-    _sha,
-    _write_atomic,
-)
+from .._io import replace_dir, write_atomic
+from .corpus import Corpus, CorpusStats
+from .corpus._npy import json_bytes, npy_bytes
+from .corpus.stats import stats_sha
 from .genes import GeneReference
 
 __all__ = ["select_genes", "derive_corpus", "SELECT_BY"]
@@ -162,10 +157,8 @@ def derive_corpus(
     ps = parent.stats
     stats = CorpusStats(ps.mean[cols], ps.std[cols], ps.count[cols], ref.id, ps.n)
     ref.to_tsv(partial / "genes.tsv")
-    _write_atomic(partial / "stats.npz", stats.to_bytes())
-    _write_atomic(
-        partial / "missing.npy", _npy_bytes(np.ascontiguousarray(parent.missing[:, cols]))
-    )
+    write_atomic(partial / "stats.npz", stats.to_bytes())
+    write_atomic(partial / "missing.npy", npy_bytes(np.ascontiguousarray(parent.missing[:, cols])))
     for name in ("samples.tsv", "excluded.tsv", "splits.npz"):
         shutil.copyfile(parent.path / name, partial / name)
     src = parent.expression  # (N, G_parent) float16 memmap
@@ -179,7 +172,11 @@ def derive_corpus(
     m = copy.deepcopy(parent.manifest)
     m["reference"] = {"id": ref.id, "n_genes": len(ref)}
     if m["parameters"].get("stats") is not None:
-        m["parameters"]["stats"] = {"reference_id": ref.id, "n": stats.n, "sha256": _sha(stats)}
+        m["parameters"]["stats"] = {
+            "reference_id": ref.id,
+            "n": stats.n,
+            "sha256": stats_sha(stats),
+        }
     m["derived_from"] = {
         "path": str(parent.path),
         "reference_id": pref.id,
@@ -188,11 +185,8 @@ def derive_corpus(
         "n_genes_kept": len(ref),
     }
     m.setdefault("build", {})["derived_seconds"] = round(time.time() - t0, 3)
-    _write_atomic(partial / "manifest.json", _json_bytes(m))
-    _fsync_dir(partial)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    write_atomic(partial / "manifest.json", json_bytes(m))
+    replace_dir(partial, out)  # the old ``out`` (overwrite=True) stays whole until swapped
     log.info(
         "derived corpus %s: %d rows × %d genes (of %d, by %s) from %s",
         out,

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .._io import write_atomic
+
 __all__ = [
     "GeneReference",
     "strip_version",
@@ -165,10 +167,8 @@ class GeneReference:
             buf.write(f"# {k}: {str(v).replace(chr(10), ' ')}\n")
         self.to_frame().to_csv(buf, sep="\t", index=False, na_rep="NA")
         data = buf.getvalue().encode()
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
-        os.replace(tmp, path)
+        data = gzip.compress(data, mtime=0) if path.endswith(".gz") else data
+        write_atomic(path, data, fsync=False, unique=True)
 
     @classmethod
     def from_tsv(cls, path: str | os.PathLike) -> GeneReference:

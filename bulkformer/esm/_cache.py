@@ -14,6 +14,7 @@ another directory and never reuses these entries.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
+
+from .._io import write_atomic
 
 __all__ = ["EmbeddingCache", "sequence_key"]
 
@@ -90,15 +93,14 @@ class EmbeddingCache:
         os.makedirs(self.dir, exist_ok=True)
         cfg = os.path.join(self.dir, "config.json")
         if not os.path.exists(cfg):
-            _atomic_write_bytes(cfg, json.dumps(self.config, indent=1, sort_keys=True).encode())
+            write_atomic(
+                cfg, json.dumps(self.config, indent=1, sort_keys=True).encode(), unique=True
+            )
         n = sum(1 for f in os.listdir(self.dir) if f.startswith("part-"))
         path = os.path.join(self.dir, f"part-{n:06d}-{uuid.uuid4().hex[:8]}.npz")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys, dtype="<U40"), emb=np.asarray(emb, np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.asarray(keys, dtype="<U40"), emb=np.asarray(emb, np.float32))
+        write_atomic(path, buf.getvalue())
 
     def remove(self) -> None:
         """Delete this configuration's parts (and the cache root when it becomes empty)."""
@@ -107,10 +109,3 @@ class EmbeddingCache:
             os.rmdir(self.root)
         except OSError:
             pass
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._device import resolve_device
 from ._cache import EmbeddingCache, sequence_key
 from ._proteins import ESM_RESIDUES
 
@@ -456,9 +457,7 @@ class ProteinEmbedder:
         self.toks_per_batch = int(toks_per_batch)
         if self.toks_per_batch < 3:
             raise ValueError(f"toks_per_batch must be ≥ 3; got {toks_per_batch}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if precision == "auto":
             if self.device.type == "cuda":
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -18,6 +18,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from .._io import atomic_file
 from ..data.genes import GeneReference, ReferenceMismatchError, strip_version
 
 __all__ = [
@@ -74,13 +75,8 @@ def save_esm_matrix(
     meta = matrix_metadata(emb, has, reference, metadata)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file({"embeddings": emb, "has_protein": has}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path, unique=True) as tmp:
+        save_file({"embeddings": emb, "has_protein": has}, str(tmp), metadata=meta)
     logger.info("wrote %s: %d genes × %d, %d with protein", path, g, emb.shape[1], has.sum())
     return meta
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._device import resolve_device
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..data.memory import align_values, check_values, to_log1p_tpm
@@ -58,15 +59,6 @@ def resolve_pretrained(pretrained, *, map_location="cpu"):
     raise TypeError(
         f"pretrained must be a Pretrained (load_pretrained) or a directory, got {type(pretrained)}"
     )
-
-
-def resolve_device(device=None):
-    """``None`` → CUDA when available, else CPU."""
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 @dataclass

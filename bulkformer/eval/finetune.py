@@ -93,7 +93,7 @@ class FinetuneClassifier:
     ):
         import torch
 
-        from .embed import resolve_device
+        from .._device import resolve_device
 
         torch.manual_seed(seed)
         self.device = resolve_device(device)

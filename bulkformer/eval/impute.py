@@ -80,7 +80,7 @@ def _model_predict(pretrained, zt, obs_t, mask, batch_size, device) -> np.ndarra
     """(n, G) z predictions of the model for the masked entries (others: its output too)."""
     import torch
 
-    from .embed import resolve_device
+    from .._device import resolve_device
 
     dev = resolve_device(device)
     model = pretrained.model.to(dev)

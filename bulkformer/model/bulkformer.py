@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import atomic_file
 from .config import BulkFormerConfig
 from .embedding import GeneEmbedding
 from .encoder import Encoder
@@ -223,9 +224,8 @@ class BulkFormer(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "config": self.config.to_json()})
-        os.replace(tmp, out / WEIGHTS_NAME)
+        with atomic_file(out / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "config": self.config.to_json()})
         self.config.to_json(out / CONFIG_NAME)
         return out
 

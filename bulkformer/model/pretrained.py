@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._io import replace_dir
 from ..data.genes import GeneReference, ReferenceMismatchError
 from .bulkformer import CONFIG_NAME, WEIGHTS_NAME, BulkFormer
 
@@ -84,13 +85,7 @@ def export_pretrained(
     (tmp / STATS_NAME).write_bytes(stats.to_bytes())
     meta = {"bulkformer_version": __version__, "reference_id": reference.id, **(metadata or {})}
     (tmp / META_NAME).write_text(json.dumps(meta, indent=1, default=str))
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
     return out
 
 

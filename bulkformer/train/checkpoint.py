@@ -24,10 +24,11 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import torch
+
+from .._io import replace_dir
 
 __all__ = [
     "CheckpointMismatchError",
@@ -44,9 +45,6 @@ log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
 META_NAME = "meta.json"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
-#: test hook: ``"STEP:SECONDS"`` sleeps that long inside the write of checkpoint STEP (after
-#: state.pt is written, before the rename), so a test can kill the process mid-write
-_SLEEP_ENV = "BULKFORMER_TRAIN_TEST_CKPT_SLEEP"
 
 
 class CheckpointMismatchError(ValueError):
@@ -70,23 +68,6 @@ def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _test_sleep(step: int) -> None:
-    spec = os.environ.get(_SLEEP_ENV)
-    if spec:
-        s, _, secs = spec.partition(":")
-        if int(s) == step:
-            log.warning("test hook %s: sleeping %s s inside checkpoint %d", _SLEEP_ENV, secs, step)
-            time.sleep(float(secs))
-
-
 def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) -> Path:
     """Write ``state`` (``torch.save``) and ``meta`` (JSON) as checkpoint ``step`` atomically;
     returns the checkpoint directory. An existing checkpoint of the same step is replaced."""
@@ -101,20 +82,12 @@ def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) 
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    _test_sleep(step)
     with open(tmp / META_NAME, "w") as f:
         json.dump(meta, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
-    _fsync(tmp)
-    if final.exists():  # rewriting the same step (e.g. the final one after a resume)
-        old = d / f".tmp-old-{step:08d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    _fsync(d)
+    # an existing checkpoint of this step (e.g. the final one after a resume) is swapped out
+    replace_dir(tmp, final, aside=d / f".tmp-old-{step:08d}-{os.getpid()}")
     return final
 
 

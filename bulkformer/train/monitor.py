@@ -1,4 +1,5 @@
-"""Training metrics: a CSV always, TensorBoard when installed, a loss-curve PNG at the end.
+"""Training metrics: a CSV always, TensorBoard when installed, a loss-curve PNG at the end;
+:class:`StepMonitor` feeds them (and the progress bar) from the training loop.
 
 ``metrics.csv`` has one row per logged training step (``kind = "train"``) and one per
 validation (``kind = "val"``), columns :data:`COLUMNS`; empty cells where a value does not
@@ -11,9 +12,14 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["MetricsLog", "COLUMNS", "read_metrics", "plot_loss_curve"]
+import numpy as np
+
+__all__ = ["MetricsLog", "StepMonitor", "COLUMNS", "read_metrics", "plot_loss_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,118 @@ class MetricsLog:
         self._f.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class StepMonitor:
+    """Throughput windows, ``metrics.csv`` / TensorBoard rows and the progress bar of a
+    training loop. Every rank keeps the windows; only ``main`` writes rows and shows the bar.
+
+    Parameters
+    ----------
+    run : run directory
+    main : this rank writes metrics and shows the bar
+    resume_step : step of the checkpoint resumed (None: a fresh run)
+    tensorboard, progress : as the options of the same names
+    steps : optimizer steps of the whole run; ``initial``: the step the loop starts at
+    log_every : a training row every N steps (and at the last step)
+    tokens_per_step : global tokens of one optimizer step (all ranks, micro-batches, views)
+    n_genes : tokens per sample
+    mfu : tokens/s (global) → model FLOPs utilisation, or None (no MFU column)
+    sync : called before reading the clock for a row (``torch.cuda.synchronize``), or None
+    """
+
+    def __init__(
+        self,
+        run: Path,
+        *,
+        main: bool,
+        resume_step: int | None,
+        tensorboard: bool | None,
+        progress: bool,
+        steps: int,
+        initial: int,
+        log_every: int,
+        tokens_per_step: int,
+        n_genes: int,
+        mfu: Callable[[float], float] | None = None,
+        sync: Callable[[], None] | None = None,
+    ) -> None:
+        self.metrics = MetricsLog(run, resume_step, tensorboard) if main else None
+        self.bar = None
+        if main and progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=steps, initial=initial, desc="pretrain", unit="step")
+        self.steps, self.log_every = steps, max(1, log_every)
+        self.tokens_per_step, self.n_genes = tokens_per_step, n_genes
+        self.mfu, self.sync = mfu, sync
+        self.window_loss: float | None = None  # mean loss of the last logged window
+        self.t_start = time.perf_counter()
+        self.t_win, self.steps_win, self.loss_win = time.perf_counter(), 0, []
+
+    def train_step(self, step: int, epoch: int, **row) -> None:
+        """Account for optimizer step ``step`` (loss, mse, contrastive, grad_norm, lr in
+        ``row``); at every ``log_every``-th and the last step, write a training row."""
+        self.steps_win += 1
+        self.loss_win.append(row["loss"])
+        now = time.perf_counter()
+        if step % self.log_every == 0 or step == self.steps:
+            if self.sync is not None:
+                self.sync()
+            dt = max(time.perf_counter() - self.t_win, 1e-9)
+            tps = self.tokens_per_step * self.steps_win / dt
+            if self.metrics is not None:
+                self.metrics.write(
+                    kind="train",
+                    step=step,
+                    epoch=epoch,
+                    **row,
+                    tokens_per_s=tps,
+                    samples_per_s=tps / self.n_genes,
+                    mfu=self.mfu(tps) if self.mfu is not None else None,
+                    elapsed_s=now - self.t_start,
+                )
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{np.mean(self.loss_win):.4f}", tok_s=f"{tps:,.0f}")
+            self.window_loss = float(np.mean(self.loss_win))
+            self.t_win, self.steps_win, self.loss_win = time.perf_counter(), 0, []
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def val(self, step: int, epoch: int, val_mse: float | None, val_baseline: float | None):
+        """Write a validation row (nothing when there was no validation)."""
+        if self.metrics is not None and val_mse is not None:
+            self.metrics.write(
+                kind="val",
+                step=step,
+                epoch=epoch,
+                val_mse=val_mse,
+                val_baseline=val_baseline,
+                elapsed_s=time.perf_counter() - self.t_start,
+            )
+            log.info(
+                "step %d: val MSE %.4f vs gene-mean baseline %.4f", step, val_mse, val_baseline
+            )
+
+    @contextmanager
+    def aside(self):
+        """Time spent inside (validation, checkpoints) does not count as step time."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t_win += time.perf_counter() - t
+
+    def mean_tokens_per_s(self, steps_done: int) -> float:
+        """Global tokens/s over the whole loop so far (validation, checkpoints included)."""
+        elapsed = time.perf_counter() - self.t_start
+        return self.tokens_per_step * steps_done / elapsed if steps_done else 0.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def plot_loss_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path:

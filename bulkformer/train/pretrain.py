@@ -20,12 +20,9 @@ reproduces the loss curve of an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -43,8 +40,18 @@ from ..data.genes import ReferenceMismatchError
 from ..model import BulkFormer, BulkFormerConfig
 from . import checkpoint as ckpt
 from .data import BatchLoader, BlockOrder, Masker
-from .distributed import DistInfo, setup_distributed, teardown_distributed
-from .monitor import MetricsLog, plot_loss_curve
+from .distributed import (
+    DistInfo,
+    all_reduce,
+    full_state_dicts,
+    load_full_state_dicts,
+    setup_distributed,
+    teardown_distributed,
+    wrap_model,
+)
+from .inputs import load_esm, resolve_config
+from .monitor import StepMonitor, plot_loss_curve
+from .options import PretrainOptions, lr_at
 
 __all__ = [
     "PretrainOptions",
@@ -65,85 +72,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped before that update."""
 
 
-@dataclass(frozen=True)
-class PretrainOptions:
-    """Options of :func:`pretrain` (the CLI flags of ``bulkformer pretrain``)."""
-
-    steps: int = 1000  # optimizer steps in total (a resumed run continues up to this)
-    batch_size: int = 8  # samples per rank per micro-batch (global batch = × world × accum)
-    lr: float = 1e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio at the last step
-    warmup: float = 0.05  # warmup steps: a fraction of `steps` when < 1, else a step count
-    weight_decay: float = 0.05  # AdamW decoupled weight decay (matrices only)
-    betas: tuple[float, float] = (0.9, 0.95)
-    accum: int = 1  # micro-batches per optimizer step
-    clip: float = 1.0  # gradient-norm clip (0: off; the norm is still logged)
-    mask_fraction: float = 0.15  # share of observed genes masked per sample
-    contrastive_weight: float = 0.0  # weight of the two-view InfoNCE term (0: off)
-    contrastive_temperature: float = 0.1
-    val_every: int = 200  # validate every N steps (and at the end; 0: only at the end)
-    val_max_samples: int = 0  # cap the validation rows (0: the whole val split)
-    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
-    keep_last: int = 3  # checkpoints kept (0: all)
-    log_every: int = 10  # training rows in metrics.csv every N steps
-    seed: int = 0
-    workers: int = 2  # reader threads of the data loader
-    threads: int = 0  # torch intra-op CPU threads (0: leave torch's setting)
-    prefetch: int = 4  # batches read ahead
-    block_rows: int = 1024  # rows per shuffle block
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
-    compile: bool = False  # torch.compile the model
-    checkpointing: bool = False  # activation checkpointing (overrides the config's flag)
-    distributed: str = "auto"  # "auto" (= ddp under torchrun) | "ddp" | "fsdp"
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    force: bool = False  # resume even if the run's settings changed; overwrite an old run
-    progress: bool = True  # tqdm progress bar (rank 0)
-    tensorboard: bool | None = None  # None: when installed
-    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU (0: $BULKFORMER_PEAK_FLOPS or H100)
-
-    # options that change the trajectory: a resume with any of them changed is refused
-    TRAJECTORY = (
-        "steps",
-        "batch_size",
-        "lr",
-        "min_lr_ratio",
-        "warmup",
-        "weight_decay",
-        "betas",
-        "accum",
-        "clip",
-        "mask_fraction",
-        "contrastive_weight",
-        "contrastive_temperature",
-        "seed",
-        "block_rows",
-        "precision",
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "accum"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"pretrain: {name} must be a positive integer, got {v!r}")
-        if not 0.0 < self.mask_fraction < 1.0:
-            raise ValueError(f"pretrain: mask_fraction must be in (0, 1), got {self.mask_fraction}")
-        if self.lr <= 0 or self.warmup < 0 or self.contrastive_weight < 0:
-            raise ValueError("pretrain: lr must be > 0, warmup and contrastive_weight >= 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"pretrain: precision must be auto|bf16|fp32, got {self.precision!r}")
-        if self.distributed not in ("auto", "ddp", "fsdp"):
-            raise ValueError(
-                f"pretrain: distributed must be auto|ddp|fsdp, got {self.distributed!r}"
-            )
-
-    def warmup_steps(self) -> int:
-        return int(round(self.warmup * self.steps)) if self.warmup < 1 else int(self.warmup)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
 @dataclass
 class PretrainResult:
     """What :func:`pretrain` returns (on every rank; paths are written by rank 0)."""
@@ -161,97 +89,7 @@ class PretrainResult:
     history: list = field(default_factory=list)  # the val rows of metrics.csv
 
 
-def lr_at(step: int, opts: PretrainOptions) -> float:
-    """Learning-rate multiplier (of ``opts.lr``) at optimizer step ``step`` (0-based): linear
-    warmup over ``warmup_steps`` then cosine from 1 to ``min_lr_ratio`` at the last step."""
-    w = opts.warmup_steps()
-    if step < w:
-        return (step + 1) / w
-    span = max(1, opts.steps - w - 1)
-    t = min(1.0, (step - w) / span)
-    return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
 # ====================================================================== set-up helpers
-def resolve_config(config, corpus: Corpus, *, d_esm: int | None = None) -> BulkFormerConfig:
-    """A BulkFormerConfig for ``corpus``: from a preset name, a JSON path / text, or a config.
-
-    Presets get the corpus' ``n_genes`` and ``reference_id`` (and ``d_esm`` of the ESM2
-    matrix when given). A given config must agree with the corpus: same ``n_genes``, and
-    ``reference_id`` equal to the corpus' (or None, then set).
-
-    Raises
-    ------
-    ReferenceMismatchError
-        The config names another gene reference than the corpus.
-    ValueError
-        The config's ``n_genes`` or ``d_esm`` disagree with the corpus / ESM2 matrix.
-    """
-    ref_id, G = corpus.manifest["reference"]["id"], corpus.n_genes
-    if isinstance(config, BulkFormerConfig):
-        cfg, where = config, "the given config"
-    elif isinstance(config, str) and config in _presets():
-        over = dict(n_genes=G, reference_id=ref_id)
-        if d_esm is not None:
-            over["d_esm"] = d_esm
-        return BulkFormerConfig.from_preset(config, **over)
-    elif isinstance(config, (str, os.PathLike)):
-        if isinstance(config, str) and not config.lstrip().startswith("{"):
-            if not Path(config).exists():
-                raise ValueError(
-                    f"--config {config!r}: neither a preset ({', '.join(sorted(_presets()))}) "
-                    "nor an existing JSON file"
-                )
-        cfg, where = BulkFormerConfig.from_json(config), f"config {config}"
-    else:
-        raise TypeError(
-            f"config must be a preset name, a JSON path or a BulkFormerConfig: {config}"
-        )
-    if cfg.reference_id is not None and cfg.reference_id != ref_id:
-        raise ReferenceMismatchError(
-            f"{where} is for gene reference {cfg.reference_id!r} but corpus {corpus.path} uses "
-            f"{ref_id!r} ({G} genes)"
-        )
-    if cfg.n_genes != G:
-        raise ValueError(f"{where} has n_genes={cfg.n_genes} but corpus {corpus.path} has {G}")
-    if d_esm is not None and cfg.d_esm != d_esm:
-        raise ValueError(f"{where} has d_esm={cfg.d_esm} but the ESM2 matrix is {d_esm} wide")
-    return cfg.replace(reference_id=ref_id)
-
-
-def _presets() -> dict:
-    from ..model import PRESETS
-
-    return PRESETS
-
-
-def _load_esm(esm, corpus: Corpus):
-    """(embeddings, has_protein, fingerprint) of the ESM2 matrix checked against the corpus."""
-    if esm is None:
-        log.warning(
-            "no ESM2 matrix given (--esm): genes get the model's fixed *random* identity "
-            "vectors (random_esm, seed 0) — fine for tests and smoke runs, not for a real model"
-        )
-        return None, None, {"kind": "random_esm", "seed": 0}
-    try:
-        from ..esm import load_esm_matrix
-    except ImportError as e:  # pragma: no cover - depends on the esm branch being merged
-        raise ValueError(f"--esm needs bulkformer.esm (load_esm_matrix): {e}") from e
-    emb, has_protein, meta = load_esm_matrix(esm, reference=corpus.reference)
-    emb = np.asarray(emb)
-    if emb.ndim != 2 or emb.shape[0] != corpus.n_genes:
-        raise ReferenceMismatchError(
-            f"ESM2 matrix {esm} has shape {emb.shape} but corpus {corpus.path} has "
-            f"{corpus.n_genes} genes: one row per reference gene is expected"
-        )
-    rid = (meta or {}).get("reference_id")
-    if rid is not None:
-        corpus.reference.check_same(rid, f"ESM2 matrix {esm}")
-    digest = hashlib.sha1(np.ascontiguousarray(emb, dtype=np.float32).tobytes()).hexdigest()[:16]
-    fp = {"kind": "file", "path": str(esm), "sha1": digest, "reference_id": rid}
-    return emb, np.asarray(has_protein, dtype=bool), fp
-
-
 def _param_groups(model: torch.nn.Module, names_decay: set, wd: float) -> list[dict]:
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -291,12 +129,6 @@ def _set_rng_state(s: dict, masker: Masker) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _all_reduce(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.distributed:
-        dist.all_reduce(t)
-    return t
-
-
 def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """Symmetric InfoNCE between two views (B, D) (in-batch negatives of this rank)."""
     z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
@@ -306,29 +138,56 @@ def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 # ====================================================================== the run
+@dataclass
+class _StepStats:
+    """What one optimizer step reports (the training row of metrics.csv)."""
+
+    epoch: int
+    lr: float  # learning rate the update used
+    loss: float  # total: masked MSE (+ contrastive_weight · InfoNCE)
+    mse: float  # masked MSE over the whole global batch
+    contrastive: float  # InfoNCE averaged over ranks and micro-batches (0 when off)
+    grad_norm: float  # before clipping
+
+
 class _Run:
-    """State of one pretraining run (split out of :func:`pretrain` to keep it readable)."""
+    """One pretraining run. The steps, in order: set-up (``__init__``: data, then model and
+    optimizer), :meth:`train` (start or resume, then per optimizer step :meth:`_train_step`,
+    monitoring, :meth:`_maybe_validate`, :meth:`_maybe_save`), :meth:`_finish` (export)."""
 
     def __init__(self, corpus, out, esm, config, opts: PretrainOptions, info: DistInfo) -> None:
         self.opts = opts
         self.out = Path(out)
         self.info = info
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus)
-        emb, has_protein, esm_fp = _load_esm(esm, self.corpus)
+        emb, has_protein, self.esm_fp = load_esm(esm, self.corpus)
         cfg = resolve_config(config, self.corpus, d_esm=None if emb is None else emb.shape[1])
         if opts.checkpointing:
             cfg = cfg.replace(activation_checkpointing=True)
         self.config = cfg
         self.device = info.device
-        dev = self.device
-        if opts.precision == "bf16" or (opts.precision == "auto" and dev.type == "cuda"):
+        if opts.precision == "bf16" or (opts.precision == "auto" and self.device.type == "cuda"):
             self.amp_dtype = torch.bfloat16
         else:
             self.amp_dtype = None
+        self._setup_data()
+        self._setup_model(emb, has_protein)
+        self.step = 0
+        self.position = {"epoch": 0, "index": 0}
+        self.last_ckpt: Path | None = None
+        self.last_loss = float("nan")  # of the latest step
+        self.window_loss: float | None = None  # mean over the latest logged window
 
-        # ---- data
+    @property
+    def train_loss(self) -> float:
+        """Mean loss of the latest logged window (the latest step's loss before any)."""
+        return self.last_loss if self.window_loss is None else self.window_loss
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_data(self) -> None:
+        """Training order, validation rows, and the per-source missing masks on the device."""
+        opts, info = self.opts, self.info
         splits = self.corpus.splits
-        src = self.corpus.samples["source_index"].to_numpy()
         self.train_order = BlockOrder(splits["train"], block_rows=opts.block_rows, seed=opts.seed)
         self.global_batch = opts.batch_size * info.world
         if len(self.train_order) < self.global_batch:
@@ -343,10 +202,14 @@ class _Run:
         self.val_rows = np.sort(val)
         if len(self.val_rows) == 0:
             log.warning("corpus %s has no validation rows: no val MSE", self.corpus.path)
-        self.source_index = src
-        self.missing = torch.from_numpy(np.ascontiguousarray(self.corpus.missing)).to(dev)
+        self.source_index = self.corpus.samples["source_index"].to_numpy()
+        missing = np.ascontiguousarray(self.corpus.missing)
+        self.missing = torch.from_numpy(missing).to(self.device)
 
-        # ---- model (same init on every rank: seeded before construction)
+    def _setup_model(self, emb, has_protein) -> None:
+        """Fingerprint, model (same init on every rank: seeded before construction), wrapper,
+        optimizer, schedule and the masking generator."""
+        opts, info, cfg, dev = self.opts, self.info, self.config, self.device
         self.fingerprint = {
             "config": {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_CONFIG_FIELDS},
             "options": {k: getattr(opts, k) for k in PretrainOptions.TRAJECTORY},
@@ -356,81 +219,29 @@ class _Run:
                 "rows": len(self.corpus),
                 "train_rows": len(self.train_order),
             },
-            "esm": esm_fp,
+            "esm": self.esm_fp,
             "fsdp": opts.distributed == "fsdp" and info.distributed,
         }
-        self.esm_fp = esm_fp
-        self._seed_all(opts.seed)
+        random.seed(opts.seed)
+        np.random.seed(opts.seed)
+        torch.manual_seed(opts.seed)
         self.model = BulkFormer(cfg, esm=emb, has_protein=has_protein).to(dev)
         decay = {n for n, p in self.model.named_parameters() if p.dim() >= 2}
-        self.wrapped = self._wrap(self.model)
+        self.wrapped, self.is_fsdp = wrap_model(self.model, info, opts.distributed)
         self.forward_module = torch.compile(self.wrapped) if opts.compile else self.wrapped
-        fused = dev.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.wrapped, decay, opts.weight_decay),
             lr=opts.lr,
             betas=tuple(opts.betas),
-            fused=fused,
+            fused=dev.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, opts))
         self.masker = Masker(opts.mask_fraction, opts.seed, dev)
-        self.step = 0
-        self.position = {"epoch": 0, "index": 0}
-        self.last_ckpt: Path | None = None
-
-    # ------------------------------------------------------------------ set-up
-    @staticmethod
-    def _seed_all(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        info, mode = self.info, self.opts.distributed
-        if not info.distributed:
-            if mode in ("ddp", "fsdp"):
-                log.info("--%s with a single process: running without a wrapper", mode)
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        if mode == "fsdp":  # FSDP2: one shard group per encoder block, then the rest
-            try:
-                from torch.distributed.fsdp import fully_shard
-            except ImportError:  # torch < 2.6
-                from torch.distributed._composable.fsdp import fully_shard
-
-            for block in model.encoder.blocks:
-                fully_shard(block)
-            fully_shard(model)
-            self._fsdp = True
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(model, device_ids=ids)
-
-    @property
-    def is_fsdp(self) -> bool:
-        return getattr(self, "_fsdp", False)
 
     # ------------------------------------------------------------------ state
-    def _full_state(self) -> tuple[dict | None, dict | None]:
-        """(model state dict, optimizer state dict) — full, on CPU, on rank 0 (None elsewhere
-        under FSDP)."""
-        if self.is_fsdp:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                get_model_state_dict,
-                get_optimizer_state_dict,
-            )
-
-            o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            msd = get_model_state_dict(self.model, options=o)
-            osd = get_optimizer_state_dict(self.model, self.optimizer, options=o)
-            return (msd, osd) if self.info.is_main else (None, None)
-        msd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return msd, self.optimizer.state_dict()
-
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
+    def _training_state(self) -> dict | None:
+        """The whole training state (``state.pt``) on rank 0, None on the other ranks (all
+        ranks take part: RNG states are gathered, FSDP shards too)."""
         info = self.info
         rng = _rng_state(self.masker)
         if info.distributed:
@@ -438,37 +249,61 @@ class _Run:
             dist.all_gather_object(rngs, rng)
         else:
             rngs = [rng]
-        msd, osd = self._full_state()
+        msd, osd = full_state_dicts(self.model, self.optimizer, info, self.is_fsdp)
+        if not info.is_main:
+            return None
+        return {
+            "model": msd,
+            "optimizer": osd,
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "data": dict(self.position),
+            "rng": rngs,
+            "fingerprint": self.fingerprint,
+            "config": self.config.to_dict(),
+            "options": self.opts.to_dict(),
+        }
+
+    def _load_training_state(self, state: dict) -> None:
+        """Continue from ``state`` (of :meth:`_training_state`, checked by :meth:`restore`)."""
+        load_full_state_dicts(
+            self.model, self.optimizer, state["model"], state["optimizer"], self.is_fsdp
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.position = dict(state["data"])
+        blocks, _ = self.train_order.epoch(self.position["epoch"])
+        if "block_order" in self.position and list(self.position["block_order"]) != blocks.tolist():
+            raise ckpt.CheckpointMismatchError(
+                f"{state['path']}: the data order of epoch {self.position['epoch']} differs from "
+                "the checkpoint's (corpus splits or block size changed)"
+            )
+        rngs = state["rng"]
+        _set_rng_state(rngs[self.info.rank if self.info.rank < len(rngs) else 0], self.masker)
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
+        state = self._training_state()
         path = None
-        if info.is_main:
-            state = {
-                "model": msd,
-                "optimizer": osd,
-                "scheduler": self.scheduler.state_dict(),
-                "step": self.step,
-                "data": dict(self.position),
-                "rng": rngs,
-                "fingerprint": self.fingerprint,
-                "config": self.config.to_dict(),
-                "options": self.opts.to_dict(),
-            }
+        if state is not None:
             meta = {
                 "step": self.step,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "train_loss": getattr(self, "last_loss", None),
+                "train_loss": self.last_loss,
                 "data": {k: v for k, v in self.position.items() if k != "block_order"},
                 "fingerprint": self.fingerprint,
             }
             path = ckpt.save_checkpoint(self.out, self.step, state, meta)
             ckpt.prune_checkpoints(self.out, self.opts.keep_last)
             log.info("checkpoint %s", path)
-        if info.distributed:
+        if self.info.distributed:
             dist.barrier()
         self.last_ckpt = path or self.last_ckpt
         return path
 
     def restore(self) -> None:
-        """Load the newest checkpoint of ``out`` (all ranks read it; a shared filesystem)."""
+        """Load the newest checkpoint of ``out`` (all ranks read it; a shared filesystem),
+        refused when the run's fingerprint changed (unless ``force``)."""
         found = ckpt.list_checkpoints(self.out)
         if not found:
             raise FileNotFoundError(
@@ -490,30 +325,7 @@ class _Run:
             if not self.opts.force:
                 raise ckpt.CheckpointMismatchError(msg)
             log.warning("%s — continuing because of --force", msg)
-        if self.is_fsdp:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
-            o = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, state["model"], options=o)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=o)
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.position = dict(state["data"])
-        blocks, _ = self.train_order.epoch(self.position["epoch"])
-        if "block_order" in self.position and list(self.position["block_order"]) != blocks.tolist():
-            raise ckpt.CheckpointMismatchError(
-                f"{state['path']}: the data order of epoch {self.position['epoch']} differs from "
-                "the checkpoint's (corpus splits or block size changed)"
-            )
-        rngs = state["rng"]
-        _set_rng_state(rngs[self.info.rank if self.info.rank < len(rngs) else 0], self.masker)
+        self._load_training_state(state)
         self.last_ckpt = Path(state["path"])
         log.info("resumed from %s at step %d", state["path"], self.step)
 
@@ -592,12 +404,44 @@ class _Run:
                     sums[2] += m.sum()
         finally:
             self.model.train()
-        _all_reduce(sums, info)
+        all_reduce(sums, info)
         n = max(sums[2].item(), 1.0)
         return sums[0].item() / n, sums[1].item() / n
 
     # ------------------------------------------------------------------ loop
     def train(self) -> PretrainResult:
+        """Start (or resume), then optimizer steps up to ``opts.steps``, each monitored and,
+        when due, followed by validation and a checkpoint; then :meth:`_finish`."""
+        opts = self.opts
+        self._start()
+        loader = self._loader()
+        monitor = self._monitor()
+        val = (None, None)  # (val MSE, gene-mean baseline) of the latest validation
+        start_step = self.step
+        try:
+            while self.step < opts.steps:
+                s = self._train_step(loader)
+                contrastive = s.contrastive if opts.contrastive_weight > 0 else None
+                monitor.train_step(
+                    self.step,
+                    s.epoch,
+                    lr=s.lr,
+                    loss=s.loss,
+                    mse=s.mse,
+                    contrastive=contrastive,
+                    grad_norm=s.grad_norm,
+                )
+                with monitor.aside():  # validation and checkpoints: not step time
+                    val = self._maybe_validate(monitor, s.epoch) or val
+                    self._maybe_save()
+        finally:
+            loader.close()
+            monitor.close()
+        self.window_loss = monitor.window_loss
+        return self._finish(*val, monitor.mean_tokens_per_s(self.step - start_step))
+
+    def _start(self) -> None:
+        """Resume from the newest checkpoint (``resume``), and write ``run.json`` (rank 0)."""
         opts, info = self.opts, self.info
         if opts.resume and ckpt.list_checkpoints(self.out):
             self.restore()
@@ -605,24 +449,19 @@ class _Run:
             log.warning("--resume: no checkpoint in %s yet, starting from step 0", self.out)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "run.json").write_text(
-                json.dumps(
-                    {
-                        "config": self.config.to_dict(),
-                        "options": opts.to_dict(),
-                        "corpus": str(self.corpus.path),
-                        "world_size": info.world,
-                        "esm": self.esm_fp,
-                    },
-                    indent=1,
-                    default=str,
-                )
-            )
-        metrics = None  # rank 0 writes the metrics
-        if info.is_main:
-            resume_step = self.step if opts.resume else None
-            metrics = MetricsLog(self.out, resume_step, opts.tensorboard)
-        loader = BatchLoader(
+            run = {
+                "config": self.config.to_dict(),
+                "options": opts.to_dict(),
+                "corpus": str(self.corpus.path),
+                "world_size": info.world,
+                "esm": self.esm_fp,
+            }
+            (self.out / "run.json").write_text(json.dumps(run, indent=1, default=str))
+
+    def _loader(self) -> BatchLoader:
+        """This rank's batches, from the current data position."""
+        opts, info = self.opts, self.info
+        return BatchLoader(
             self.corpus.expression,
             self.source_index,
             self.train_order,
@@ -635,130 +474,94 @@ class _Run:
             prefetch=opts.prefetch,
             pin=self.device.type == "cuda",
         )
-        bar = None
-        if info.is_main and opts.progress:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=opts.steps, initial=self.step, desc="pretrain", unit="step")
+    def _monitor(self) -> StepMonitor:
+        opts, info, cuda = self.opts, self.info, self.device.type == "cuda"
         G = self.config.n_genes
-        tokens_per_step = (
-            self.global_batch * opts.accum * G * (2 if opts.contrastive_weight > 0 else 1)
+        views = 2 if opts.contrastive_weight > 0 else 1
+        return StepMonitor(
+            self.out,
+            main=info.is_main,
+            resume_step=self.step if opts.resume else None,
+            tensorboard=opts.tensorboard,
+            progress=opts.progress,
+            steps=opts.steps,
+            initial=self.step,
+            log_every=opts.log_every,
+            tokens_per_step=self.global_batch * opts.accum * G * views,
+            n_genes=G,
+            mfu=(
+                (lambda tps: self.model.estimate_mfu(tps / info.world, opts.peak_flops))
+                if cuda
+                else None
+            ),
+            sync=torch.cuda.synchronize if cuda else None,
         )
-        peak = opts.peak_flops or float(os.environ.get("BULKFORMER_PEAK_FLOPS", 989e12))
-        t_start = time.perf_counter()
-        t_win, steps_win, loss_win = time.perf_counter(), 0, []
-        val_mse = val_base = None
-        start_step = self.step
-        self.last_loss = float("nan")
-        try:
-            while self.step < opts.steps:
-                sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-                micro = [self._prepare(next(loader)) for _ in range(opts.accum)]
-                batch = loader.last
-                count = sum(m[2].sum(dtype=torch.float64) for m in micro)
-                count = _all_reduce(count, info).clamp_min(1).float()  # the step's masked genes
-                for i, (x, missing, masked) in enumerate(micro):
-                    sync = i == opts.accum - 1 or not info.distributed or self.is_fsdp
-                    ctx = nullcontext() if sync else self.wrapped.no_sync()
-                    with ctx:
-                        loss, sse, nce = self._micro_loss(
-                            self.forward_module, x, missing, masked, count
-                        )
-                        loss.backward()
-                    sums[0] += sse.double()
-                    sums[2] += nce.double() / opts.accum
-                sums[1] = count.double()
-                del micro
-                gn = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), opts.clip if opts.clip > 0 else float("inf")
-                )
-                if hasattr(gn, "full_tensor"):  # a DTensor under FSDP2
-                    gn = gn.full_tensor()
-                _all_reduce(sums[:1], info)
-                mse = (sums[0] / sums[1].clamp_min(1)).item()
-                nce = _all_reduce(sums[2:3].clone(), info).item() / info.world
-                total = mse + opts.contrastive_weight * nce
-                gnf = float(gn)
-                if not (math.isfinite(total) and math.isfinite(gnf)):
-                    where = self.last_ckpt or "none written yet"
-                    raise NonFiniteLossError(
-                        f"non-finite training loss at step {self.step + 1} (loss {total}, "
-                        f"grad norm {gnf}; epoch {batch.epoch}, batch {batch.index}, rows "
-                        f"{batch.rows.tolist()[:8]}): stopped before the update. Last good "
-                        f"checkpoint: {where}. Check the corpus rows for NaN/inf, or lower --lr"
-                    )
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.position = loader.position()
-                self.last_loss = total
-                steps_win += 1
-                loss_win.append(total)
-                now = time.perf_counter()
-                if self.step % max(1, opts.log_every) == 0 or self.step == opts.steps:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    dt = max(time.perf_counter() - t_win, 1e-9)
-                    tps = tokens_per_step * steps_win / dt
-                    if metrics is not None:
-                        metrics.write(
-                            kind="train",
-                            step=self.step,
-                            epoch=batch.epoch,
-                            lr=lr,
-                            loss=total,
-                            mse=mse,
-                            contrastive=nce if opts.contrastive_weight > 0 else None,
-                            grad_norm=gnf,
-                            tokens_per_s=tps,
-                            samples_per_s=tps / G,
-                            mfu=(
-                                self.model.estimate_mfu(tps / info.world, peak)
-                                if self.device.type == "cuda"
-                                else None
-                            ),
-                            elapsed_s=now - t_start,
-                        )
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{np.mean(loss_win):.4f}", tok_s=f"{tps:,.0f}")
-                    self.window_loss = float(np.mean(loss_win))
-                    t_win, steps_win, loss_win = time.perf_counter(), 0, []
-                if bar is not None:
-                    bar.update(1)
-                last = self.step == opts.steps
-                t_aside = time.perf_counter()  # validation and checkpoints: not step time
-                if (opts.val_every and self.step % opts.val_every == 0) or last:
-                    val_mse, val_base = self.validate()
-                    if metrics is not None and val_mse is not None:
-                        metrics.write(
-                            kind="val",
-                            step=self.step,
-                            epoch=batch.epoch,
-                            val_mse=val_mse,
-                            val_baseline=val_base,
-                            elapsed_s=time.perf_counter() - t_start,
-                        )
-                        log.info(
-                            "step %d: val MSE %.4f vs gene-mean baseline %.4f",
-                            self.step,
-                            val_mse,
-                            val_base,
-                        )
-                if (opts.ckpt_every and self.step % opts.ckpt_every == 0) or last:
-                    self.save()
-                t_win += time.perf_counter() - t_aside
-        finally:
-            loader.close()
-            if bar is not None:
-                bar.close()
-            if metrics is not None:
-                metrics.close()
-        elapsed = time.perf_counter() - t_start
-        done = self.step - start_step
-        tps_mean = tokens_per_step * done / elapsed if done else 0.0
-        return self._finish(val_mse, val_base, tps_mean)
+
+    def _train_step(self, loader: BatchLoader) -> _StepStats:
+        """One optimizer step: forward and backward of ``accum`` micro-batches (gradients
+        synchronised on the last), gradient clipping, the finite check, the AdamW update."""
+        opts, info = self.opts, self.info
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sse, count, nce
+        micro = [self._prepare(next(loader)) for _ in range(opts.accum)]
+        batch = loader.last
+        count = sum(m[2].sum(dtype=torch.float64) for m in micro)
+        count = all_reduce(count, info).clamp_min(1).float()  # the step's masked genes
+        for i, (x, missing, masked) in enumerate(micro):
+            sync = i == opts.accum - 1 or not info.distributed or self.is_fsdp
+            with nullcontext() if sync else self.wrapped.no_sync():
+                loss, sse, nce = self._micro_loss(self.forward_module, x, missing, masked, count)
+                loss.backward()
+            sums[0] += sse.double()
+            sums[2] += nce.double() / opts.accum
+        sums[1] = count.double()
+        del micro
+        gn = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), opts.clip if opts.clip > 0 else float("inf")
+        )
+        if hasattr(gn, "full_tensor"):  # a DTensor under FSDP2
+            gn = gn.full_tensor()
+        all_reduce(sums[:1], info)
+        mse = (sums[0] / sums[1].clamp_min(1)).item()
+        nce = all_reduce(sums[2:3].clone(), info).item() / info.world
+        total = mse + opts.contrastive_weight * nce
+        gnf = float(gn)
+        self._check_finite(total, gnf, batch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.position = loader.position()
+        self.last_loss = total
+        return _StepStats(batch.epoch, lr, total, mse, nce, gnf)
+
+    def _check_finite(self, loss: float, grad_norm: float, batch) -> None:
+        """Raise :class:`NonFiniteLossError` (before the update) on a NaN/inf loss or norm."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            where = self.last_ckpt or "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.step + 1} (loss {loss}, grad norm "
+                f"{grad_norm}; epoch {batch.epoch}, batch {batch.index}, rows "
+                f"{batch.rows.tolist()[:8]}): stopped before the update. Last good "
+                f"checkpoint: {where}. Check the corpus rows for NaN/inf, or lower --lr"
+            )
+
+    def _maybe_validate(self, monitor: StepMonitor, epoch: int):
+        """``(val MSE, baseline)`` when validation is due at this step (every ``val_every``
+        and the last), else None."""
+        opts = self.opts
+        if not ((opts.val_every and self.step % opts.val_every == 0) or self.step == opts.steps):
+            return None
+        val_mse, val_base = self.validate()
+        monitor.val(self.step, epoch, val_mse, val_base)
+        return val_mse, val_base
+
+    def _maybe_save(self) -> None:
+        """A checkpoint when due (every ``ckpt_every`` steps and at the last)."""
+        opts = self.opts
+        if (opts.ckpt_every and self.step % opts.ckpt_every == 0) or self.step == opts.steps:
+            self.save()
 
     def _finish(self, val_mse, val_base, tps) -> PretrainResult:
         from ..model.pretrained import export_pretrained
@@ -770,7 +573,7 @@ class _Run:
         metrics_csv = self.out / "metrics.csv"
         model = self.model
         if self.is_fsdp:  # gather the full weights (all ranks take part) into a CPU model
-            msd, _ = self._full_state()
+            msd, _ = full_state_dicts(self.model, self.optimizer, info, fsdp=True)
             if info.is_main:
                 esm = torch.empty(self.config.n_genes, self.config.d_esm)
                 model = BulkFormer(self.config, esm=esm)
@@ -778,7 +581,7 @@ class _Run:
         if info.is_main:
             summary = {
                 "steps": self.step,
-                "train_loss": getattr(self, "window_loss", self.last_loss),
+                "train_loss": self.train_loss,
                 "val_mse": val_mse,
                 "val_gene_mean_baseline": val_base,
                 "tokens_per_s": tps,
@@ -805,7 +608,7 @@ class _Run:
             pretrained=pretrained,
             checkpoint=self.last_ckpt,
             steps=self.step,
-            train_loss=getattr(self, "window_loss", self.last_loss),
+            train_loss=self.train_loss,
             val_mse=val_mse,
             val_baseline=val_base,
             tokens_per_s=tps,

@@ -22,6 +22,7 @@ from bulkformer.data.corpus import (
     build_corpus,
     merge_parts,
 )
+from bulkformer.data.corpus._npy import NpyRows
 from bulkformer.data.genes import ReferenceMismatchError
 from bulkformer.data.memory import ArraySource
 
@@ -186,7 +187,7 @@ def test_given_stats_direct_build_equals_two_phase_merge(tmp_path, reference):
 
 @pytest.mark.parametrize("n_in,n", [(1000, 999), (100_000, 5), (64, 64), (7, 0)])
 def test_set_npy_rows_shrinks_in_place(tmp_path, n_in, n):
-    from bulkformer.data.corpus import _set_npy_rows
+    from bulkformer.data.corpus._npy import set_npy_rows
 
     a = np.arange(n_in * 3, dtype=np.float16).reshape(n_in, 3)
     p = tmp_path / "x.npy"
@@ -194,13 +195,13 @@ def test_set_npy_rows_shrinks_in_place(tmp_path, n_in, n):
     offset = p.stat().st_size - a.nbytes
     with open(p, "ab") as f:
         f.write(b"\0" * 1000)  # what an in-place build leaves behind the rows
-    _set_npy_rows(p, n)
-    _set_npy_rows(p, n)  # idempotent
+    set_npy_rows(p, n)
+    set_npy_rows(p, n)  # idempotent
     b = np.load(p)
     np.testing.assert_array_equal(b, a[:n])
     assert p.stat().st_size == offset + b.nbytes
     with pytest.raises(ValueError, match="cannot grow"):
-        _set_npy_rows(p, n + 1)
+        set_npy_rows(p, n + 1)
 
 
 def test_assign_splits_stratified_seeded():
@@ -246,11 +247,21 @@ def test_shards_merge_equal_single_run(tmp_path, reference):
 
 _SCRIPT = textwrap.dedent(
     """
-    import sys
+    import os, sys, time
     sys.path[:0] = [{repo!r}, {tests!r}]
     from corpus_data import make_reference, make_source_data
     from bulkformer.data.corpus import build_corpus
+    from bulkformer.data.corpus._npy import NpyRows
     from bulkformer.data.memory import ArraySource
+    if os.environ.get("SLOW"):  # slow down every block (read and standardize) to be killed
+        delay, read, rows = float(os.environ["SLOW"]), ArraySource.read_block, NpyRows.rows
+        def slow_read(*a, **k):
+            time.sleep(delay)
+            return read(*a, **k)
+        def slow_rows(*a, **k):
+            time.sleep(delay)
+            return rows(*a, **k)
+        ArraySource.read_block, NpyRows.rows = slow_read, slow_rows
     ref = make_reference()
     c, g, s = make_source_data(300, list(range(0, 37)), seed=4)
     src = ArraySource(c, g, s, lengths=ref.lengths, path="mem")
@@ -271,7 +282,7 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
         phase, extra = "read", [str(tmp_path / "whole")]
         subprocess.run(run + [str(tmp_path / "whole2")] + extra, check=True, timeout=60)
     out = tmp_path / "killed"
-    env = dict(os.environ, BULKFORMER_CORPUS_TEST_SLEEP="0.05")
+    env = dict(os.environ, SLOW="0.05")
     proc = subprocess.Popen(run + [str(out)] + extra, env=env)
     mf = tmp_path / "killed.partial" / "manifest.json"
     deadline = time.time() + 60
@@ -313,7 +324,7 @@ def test_incompatible_partial_is_refused(tmp_path, reference):
 def _interrupted(tmp_path, reference, data, monkeypatch, *, durable, fail_at=40):
     """Run a build that stops with an I/O-like error (not bad input) at the block of the first
     source starting at row ``fail_at``, leaving its ``.partial`` behind as after a kill."""
-    import bulkformer.data.corpus as corpus_mod
+    import bulkformer.data.corpus.build as corpus_mod
 
     read = ArraySource.read_block
 
@@ -346,14 +357,12 @@ def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypa
     """Without ``durable`` no data file is fsync'd, and an unfinished build from another boot
     starts over (its unsynced data may be lost); with it, data is fsync'd before each commit
     and the build resumes after a reboot. Either way the result equals an uninterrupted run."""
-    import bulkformer.data.corpus as corpus_mod
-
     data = _two_sources()
     whole = build_corpus(
         _sources(data), tmp_path / "whole", reference, min_nonzero=24, block_size=8, progress=False
     )
     synced = []
-    monkeypatch.setattr(corpus_mod._NpyRows, "sync", lambda self: synced.append(self.path.name))
+    monkeypatch.setattr(NpyRows, "sync", lambda self: synced.append(self.path.name))
     mf, m = _interrupted(tmp_path, reference, data, monkeypatch, durable=durable)
     assert ("expression.npy" in synced) is durable  # phase 1's float32 rows live there
     m["build"]["boot_id"] = "another-boot"  # the machine restarted since
@@ -381,27 +390,30 @@ def test_inplace_standardize_resumes_after_a_kill_at_any_block(
     """Phase 2 overwrites the float32 rows it converts; with no timed commits at all, the
     rows a kill leaves to convert must still be intact (the build commits before overwriting
     any row that is not committed as done)."""
-    import bulkformer.data.corpus as corpus_mod
+    import bulkformer.data.corpus.build as corpus_mod
 
     data = _two_sources()
     kw = dict(min_nonzero=24, block_size=8, progress=False)
     whole = build_corpus(_sources(data), tmp_path / "whole", reference, **kw)
-    orig = corpus_mod._standardize
+    orig, rows = corpus_mod.standardize, NpyRows.rows
     with monkeypatch.context() as mp:
         mp.setattr(corpus_mod, "COMMIT_SECONDS", 1e9)  # only the commits the layout needs
 
         def killed_at_block(*a, **k):
             n = [0]
 
-            def hook():
-                n[0] += 1
-                if n[0] == kill_after:
+            def killing_rows(self, start, count, *, write=False):
+                # block ``kill_after`` is converted and its commit (if any) done: die before
+                # the next block writes anything
+                n[0] += write
+                if write and n[0] == kill_after + 1:
                     raise OSError("simulated kill")
+                return rows(self, start, count, write=write)
 
-            mp.setattr(corpus_mod, "_sleep_hook", hook)
+            mp.setattr(NpyRows, "rows", killing_rows)
             return orig(*a, **k)
 
-        mp.setattr(corpus_mod, "_standardize", killed_at_block)
+        mp.setattr(corpus_mod, "standardize", killed_at_block)
         with pytest.raises(OSError, match="simulated kill"):
             build_corpus(_sources(data), tmp_path / "c", reference, **kw)
     c = build_corpus(_sources(data), tmp_path / "c", reference, **kw)
@@ -414,7 +426,7 @@ def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, mon
     copies (pread/pwrite) and write the same corpus."""
     import errno
 
-    import bulkformer.data.corpus as corpus_mod
+    import bulkformer.data.corpus._npy as npy_mod
 
     data = _two_sources()
     kw = dict(min_nonzero=24, block_size=8, progress=False)
@@ -424,7 +436,7 @@ def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, mon
     def no_mmap(*args, **kwargs):
         raise OSError(errno.ENODEV, "no shared mappings here")
 
-    monkeypatch.setattr(corpus_mod, "_mmap", no_mmap)
+    monkeypatch.setattr(npy_mod, "_mmap", no_mmap)
     b = build_corpus(_sources(data), tmp_path / "b", reference, **kw)
     sb = build_corpus(_sources(data), tmp_path / "sb", reference, stats=a.path, **kw)
     _same_files(a.path, b.path)

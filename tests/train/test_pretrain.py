@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,6 @@ from bulkformer.train import (
     load_checkpoint,
     pretrain,
 )
-from bulkformer.train.checkpoint import _SLEEP_ENV
 from bulkformer.train.monitor import read_metrics
 
 
@@ -127,16 +127,30 @@ def test_two_processes_equal_one_process_with_doubled_batch(
 
 
 # --------------------------------------------------------------------------- kill and resume
+#: ``bulkformer`` whose torch.save sleeps after writing checkpoint 6's state.pt (before the
+#: rename), so that the test can kill it mid-write
+SLEEP_IN_CHECKPOINT_6 = """
+import sys, time, torch
+from bulkformer.cli import main
+save = torch.save
+def slow_save(obj, f, *args, **kwargs):
+    save(obj, f, *args, **kwargs)
+    if ".tmp-step-00000006-" in str(getattr(f, "name", f)):
+        f.flush()
+        time.sleep(120)
+torch.save = slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64, tmp_path):
     opts = dict(FAST, steps=8, ckpt_every=2, keep_last=0, seed=3)
     ref = pretrain(corpus64, tmp_path / "ref", **opts)
 
     run = tmp_path / "killed"
-    cmd = [PY, "-m", "bulkformer.cli", "pretrain", "--corpus", str(corpus64.path)]
+    cmd = [PY, "-c", SLEEP_IN_CHECKPOINT_6, "pretrain", "--corpus", str(corpus64.path)]
     cmd += ["--out", str(run)] + fast_cli_args(**opts)
-    proc = subprocess.Popen(
-        cmd, env=subprocess_env(**{_SLEEP_ENV: "6:120"}), stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until checkpoint 6 is half written
@@ -147,6 +161,8 @@ def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64
             time.sleep(0.05)
         else:
             pytest.fail("checkpoint 6 was never started")
+        time.sleep(0.5)
+        assert tmps[0].exists()  # held open by the slowed torch.save, not just caught by luck
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -163,6 +179,44 @@ def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(corpus64
     assert [s for s, _ in b] == list(range(1, 9))
     np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-6, atol=0)
     assert_same_weights(weights(ref.out), weights(run), atol=1e-6)
+
+
+def tensors(obj):
+    """The tensors and arrays of a nested state, in order."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj) for t in tensors(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors(v)]
+    return []
+
+
+def test_resume_is_bit_identical_to_the_uninterrupted_run(corpus64, tmp_path):
+    """Resuming at step 3 of 6 (accumulation, the contrastive term and validation on) ends in
+    exactly the state of the run that went through: weights, Adam moments, RNGs, data
+    position, and every metric of the steps after the resume."""
+    opts = dict(FAST, steps=6, ckpt_every=3, keep_last=0, val_every=3, accum=2, seed=5)
+    opts["contrastive_weight"] = 0.3
+    ref = pretrain(corpus64, tmp_path / "ref", **opts)
+    run = tmp_path / "resumed"
+    shutil.copytree(ref.out, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    res = pretrain(corpus64, run, resume=True, **opts)
+    assert res.steps == 6
+    a, b = load_checkpoint(ref.out), load_checkpoint(run)
+    assert a["step"] == b["step"] == 6 and a["data"] == b["data"]
+    assert a["rng"][0]["python"] == b["rng"][0]["python"]
+    ta = tensors({k: a[k] for k in ("model", "optimizer", "scheduler", "rng")})
+    tb = tensors({k: b[k] for k in ("model", "optimizer", "scheduler", "rng")})
+    assert len(ta) == len(tb) > 10
+    for x, y in zip(ta, tb):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else np.array_equal(x, y)
+    cols = ("kind", "step", "lr", "loss", "mse", "contrastive", "grad_norm", "val_mse")
+    rows = [[[r[c] for c in cols] for r in read_metrics(d / "metrics.csv")] for d in (ref.out, run)]
+    assert rows[0] == rows[1] and len(rows[0]) == 8  # 6 train rows, 2 val rows
+    assert_same_weights(weights(ref.out), weights(run))  # the export too, atol 0
 
 
 # --------------------------------------------------------------------------- faults
