@@ -1,6 +1,6 @@
 """Fused BulkFormer input embedding: gene identity + rotary expression embedding + sample context.
 
-The op (DESIGN.md, "Input embedding"), for sample ``b``, gene ``g`` and feature ``j``::
+The op (docs/architecture.md, "Formulas"), for sample ``b``, gene ``g`` and feature ``j``::
 
     E[b, g, :] = Wesm[g, :] + (e_mask if hide[b, g] else REE(x[b, g])) + context[b, :]
 

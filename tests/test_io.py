@@ -81,3 +81,69 @@ def test_atomic_file_renames_on_success_and_cleans_up_on_failure(tmp_path, uniqu
             raise RuntimeError("writer failed")
     assert p.read_bytes() == b"new"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w.bin"]
+
+
+# ---------------------------------------------------------------------------- DirLock
+def test_dir_lock_refuses_a_second_holder_at_once_and_names_the_first(tmp_path):
+    import socket
+
+    d = tmp_path / "run"
+    with _io.DirLock(d, what="pretraining run") as lock:
+        assert lock.held and lock.lockfile == tmp_path / "run.lock"
+        with pytest.raises(_io.LockedError) as e:
+            _io.DirLock(d).acquire()  # another open file: conflicts even in this process
+        msg = str(e.value)
+        assert str(d) in msg and f"pid {os.getpid()} on host {socket.gethostname()}" in msg
+        assert "another writer" in msg  # (the second one names its own kind)
+    assert not lock.held and not (tmp_path / "run.lock").exists()  # released and removed
+    with _io.DirLock(d):  # free again
+        pass
+
+
+def test_dir_lock_is_released_when_its_holder_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    d = tmp_path / "out"
+    code = (
+        "import sys, time; from bulkformer._io import DirLock\n"
+        f"DirLock({str(d)!r}).acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(_io.LockedError, match=f"pid {proc.pid} "):
+            _io.DirLock(d).acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / "out.lock").exists()  # left behind by kill -9, but not held
+    with _io.DirLock(d) as lock:  # taken over at once
+        assert lock.held
+
+
+def test_dir_lock_never_locks_a_removed_lock_file(tmp_path, monkeypatch):
+    """A writer that opened the lock file just before the holder removed it and released
+    ends up locking a deleted file: it must notice and lock the file that is there now."""
+    d = tmp_path / "x"
+    first = _io.DirLock(d).acquire()
+    real_open = os.open
+    calls = []
+
+    def racing_open(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not calls:  # the holder finishes between our open and our flock
+            first.release()
+        calls.append(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", racing_open)
+    lock = _io.DirLock(d).acquire()
+    monkeypatch.setattr(os, "open", real_open)
+    assert len(calls) == 2  # retried on the new file
+    st = os.stat(lock.lockfile)
+    assert (st.st_ino, st.st_dev) == os.fstat(lock._fd)[1:3]
+    with pytest.raises(_io.LockedError):
+        _io.DirLock(d).acquire()
+    lock.release()

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import engine as _engine
+from .corpus.plan import DEFAULT_MIN_NONZERO
 from .genes import strip_version
 from .source import Alignment, Block, ExpressionSource
 
@@ -375,7 +376,7 @@ class ARCHS4File:
         self,
         samples=None,
         *,
-        min_nonzero: int = 14_000,
+        min_nonzero: int = DEFAULT_MIN_NONZERO,
         max_singlecell: float | None = 0.5,
         threads: int | None = None,
     ) -> np.ndarray:
@@ -505,6 +506,15 @@ class ARCHS4Source(ExpressionSource):
                     int((~keep).sum()),
                     max_singlecell,
                 )
+            gone = rows[~keep]
+            self.filtered = pd.DataFrame(  # recorded in the corpus' excluded.tsv
+                {
+                    "reason": [
+                        f"single-cell probability {v:.4g} >= {max_singlecell:g}" for v in scp[gone]
+                    ]
+                },
+                index=pd.Index(f.sample_ids[gone], name="sample_id"),
+            )
             rows = rows[keep]
         if len(rows) == 0:
             raise ValueError(f"{self.path}: no samples selected (check --search/--samples)")
@@ -647,7 +657,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("file")
     q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
     q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
-    q.add_argument("--min-nonzero", type=int, default=14_000)
+    q.add_argument("--min-nonzero", type=int, default=DEFAULT_MIN_NONZERO)
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--out", metavar="TSV", help="write the table here")
     q.set_defaults(func=_cli_qc)

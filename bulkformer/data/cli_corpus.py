@@ -11,6 +11,9 @@ import logging
 import sys
 import time
 
+from .corpus.plan import DEFAULT_MIN_NONZERO
+from .demo import DEMO_MIN_NONZERO
+
 log = logging.getLogger(__name__)
 
 PREPROCESS_EPILOG = """\
@@ -120,7 +123,8 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="QC: drop samples with fewer non-zero genes (default: 14000; 9000 with --demo "
+        help=f"QC: drop samples with fewer non-zero genes (default: {DEFAULT_MIN_NONZERO}; "
+        f"{DEMO_MIN_NONZERO} with --demo "
         "alone, whose file holds only the 10,101 genes its source ships)",
     )
     o.add_argument(
@@ -284,7 +288,12 @@ def run_preprocess(args) -> int:
     min_nonzero = args.min_nonzero
     if min_nonzero is None:
         demo_only = args.demo and not (args.archs4 or args.gdc or args.h5ad)
-        min_nonzero = 9000 if demo_only else 14000
+        min_nonzero = DEMO_MIN_NONZERO if demo_only else DEFAULT_MIN_NONZERO
+    from .corpus.guard import check_out
+
+    # before any input is opened; build_corpus checks again, under the output's lock
+    inputs = [*args.archs4, *args.h5ad, args.gdc, args.sample_sheet, args.reference, args.stats]
+    check_out(args.out, args.overwrite, inputs)
     reference = GeneReference.from_tsv(args.reference) if args.reference else None
     sources = open_sources(args)
     t0 = time.time()

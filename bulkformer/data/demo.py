@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from .genes import resource_path
 
-__all__ = ["demo_path", "DEMO_FILE", "DEMO_N_SAMPLES", "DEMO_N_GENES"]
+__all__ = ["demo_path", "DEMO_FILE", "DEMO_MIN_NONZERO", "DEMO_N_SAMPLES", "DEMO_N_GENES"]
 
 DEMO_FILE = "demo_geuvadis.h5"
 DEMO_N_SAMPLES = 85
 DEMO_N_GENES = 10101
+#: the QC threshold (non-zero genes) for the demo file alone: it holds only 10,101 genes, so
+#: the bulk default (:data:`bulkformer.data.corpus.DEFAULT_MIN_NONZERO`) would drop them all
+DEMO_MIN_NONZERO = 9_000
 
 
 def demo_path() -> str:

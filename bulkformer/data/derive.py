@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import replace_dir, write_atomic
+from .._io import json_bytes, npy_bytes, replace_dir, write_atomic
 from .corpus import Corpus, CorpusStats
-from .corpus._npy import json_bytes, npy_bytes
+from .corpus.guard import check_out, discard_partial, output_lock
 from .corpus.stats import stats_sha
 from .genes import GeneReference
 
@@ -113,7 +113,7 @@ def derive_corpus(
     genes : or keep exactly these genes (each must be in the parent's reference; they are
         kept in the parent's order).
     by : ranking rule of :func:`select_genes`.
-    overwrite : replace an existing ``out``.
+    overwrite : replace an existing ``out`` (only a bulkformer corpus; never the parent).
     block_rows : rows copied per block (memory ≈ block_rows × G_parent × 2 bytes).
 
     Returns
@@ -146,14 +146,28 @@ def derive_corpus(
     ref = GeneReference(
         genes.gene_ids[order], genes.symbols[order], genes.lengths[order], genes.provenance
     )
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    out = check_out(out, overwrite, [parent.path])  # fail fast; checked again under the lock
+    with output_lock(out, "subset-genes (derive)"):
+        check_out(out, overwrite, [parent.path])
+        partial = out.with_name(out.name + ".partial")
+        discard_partial(partial)
+        partial.mkdir(parents=True)
+        _write(parent, partial, ref, cols, rule, block_rows, t0)
+        replace_dir(partial, out)  # the old ``out`` (overwrite=True) stays whole until swapped
+    log.info(
+        "derived corpus %s: %d rows × %d genes (of %d, by %s) from %s",
+        out,
+        len(parent),
+        len(ref),
+        parent.n_genes,
+        rule,
+        parent.path,
+    )
+    return Corpus.open(out)
 
+
+def _write(parent: Corpus, partial: Path, ref: GeneReference, cols, rule: str, block_rows, t0):
+    """The files of the derived corpus, into ``partial``."""
     ps = parent.stats
     stats = CorpusStats(ps.mean[cols], ps.std[cols], ps.count[cols], ref.id, ps.n)
     ref.to_tsv(partial / "genes.tsv")
@@ -179,21 +193,10 @@ def derive_corpus(
         }
     m["derived_from"] = {
         "path": str(parent.path),
-        "reference_id": pref.id,
+        "reference_id": parent.manifest["reference"]["id"],
         "n_genes": parent.n_genes,
         "rule": rule,
         "n_genes_kept": len(ref),
     }
     m.setdefault("build", {})["derived_seconds"] = round(time.time() - t0, 3)
     write_atomic(partial / "manifest.json", json_bytes(m))
-    replace_dir(partial, out)  # the old ``out`` (overwrite=True) stays whole until swapped
-    log.info(
-        "derived corpus %s: %d rows × %d genes (of %d, by %s) from %s",
-        out,
-        N,
-        len(ref),
-        parent.n_genes,
-        rule,
-        parent.path,
-    )
-    return Corpus.open(out)

@@ -147,6 +147,11 @@ class ExpressionSource(abc.ABC):
     #: human-readable location (file or directory), used in messages and the manifest
     path: str
 
+    #: samples the source itself left out of :attr:`samples` (e.g. the ARCHS4 single-cell
+    #: filter): index = sample id, column ``reason``; None when it drops none. A corpus build
+    #: lists them in ``excluded.tsv`` (``source_row`` −1) and counts them in the manifest.
+    filtered: pd.DataFrame | None = None
+
     @property
     @abc.abstractmethod
     def samples(self) -> pd.DataFrame:

@@ -94,6 +94,9 @@ class DemoResult:
 
 def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
     """Default sizes: the bundled demo is CPU-sized; user data scales with the hardware."""
+    from ..data.corpus.plan import DEFAULT_MIN_NONZERO
+    from ..data.demo import DEMO_MIN_NONZERO
+
     if bundled:
         return dict(
             n_genes=512,
@@ -102,7 +105,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
             batch_size=16,
             lr=3e-3,
             finetune_epochs=30,
-            min_nonzero=9000,
+            min_nonzero=DEMO_MIN_NONZERO,
         )
     if gpu:
         return dict(
@@ -112,7 +115,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
             batch_size=16,
             lr=1e-3,
             finetune_epochs=30,
-            min_nonzero=14000,
+            min_nonzero=DEFAULT_MIN_NONZERO,
         )
     return dict(
         n_genes=1024,
@@ -121,7 +124,7 @@ def demo_defaults(*, bundled: bool, gpu: bool) -> dict:
         batch_size=16,
         lr=3e-3,
         finetune_epochs=30,
-        min_nonzero=14000,
+        min_nonzero=DEFAULT_MIN_NONZERO,
     )
 
 

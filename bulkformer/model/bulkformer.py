@@ -200,7 +200,7 @@ class BulkFormer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> float:
-        """Training FLOPs (forward + backward) per gene token, per REFERENCE.md:
+        """Training FLOPs (forward + backward) per gene token (docs/architecture.md, "Formulas"):
         ``6·N + 12·L·d·S`` with N = :meth:`num_parameters` ``(per_token=True)`` and S = G, plus
         the context MLP amortised over the G tokens of its sample. The ESM2 projection (once per
         batch) is left out."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -75,3 +79,52 @@ def pipeline_ref(inputs, ref: GeneReference, *, min_nonzero, split, stats=None):
         "std": std,
         "source": src[keep],
     }
+
+
+#: the data files of a corpus (compared byte for byte by :func:`same_files`)
+FILES = [
+    "genes.tsv",
+    "samples.tsv",
+    "excluded.tsv",
+    "expression.npy",
+    "missing.npy",
+    "stats.npz",
+    "splits.npz",
+]
+
+
+def same_files(a: Path, b: Path):
+    """Assert two corpus directories hold the same bytes (the manifest's build section aside)."""
+    for f in FILES:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    ma.pop("build"), mb.pop("build")
+    assert ma == mb
+
+
+#: a build in a subprocess: ``python script OUT [STATS]``; with ``SLOW=seconds`` in the
+#: environment every block (read and standardize) is slowed down, to be killed or raced
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    from corpus_data import make_reference, make_source_data
+    from bulkformer.data.corpus import build_corpus
+    from bulkformer.data.corpus._npy import NpyRows
+    from bulkformer.data.memory import ArraySource
+    if os.environ.get("SLOW"):  # slow down every block (read and standardize) to be killed
+        delay, read, rows = float(os.environ["SLOW"]), ArraySource.read_block, NpyRows.rows
+        def slow_read(*a, **k):
+            time.sleep(delay)
+            return read(*a, **k)
+        def slow_rows(*a, **k):
+            time.sleep(delay)
+            return rows(*a, **k)
+        ArraySource.read_block, NpyRows.rows = slow_read, slow_rows
+    ref = make_reference()
+    c, g, s = make_source_data(300, list(range(0, 37)), seed=4)
+    src = ArraySource(c, g, s, lengths=ref.lengths, path="mem")
+    build_corpus(src, sys.argv[1], ref, label="tissue", min_nonzero=20, block_size=10,
+                 progress=False, stats=sys.argv[2] if len(sys.argv) > 2 else None)
+    """
+)

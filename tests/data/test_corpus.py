@@ -3,14 +3,20 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from corpus_data import make_reference, make_source_data, pipeline_ref
+from corpus_data import (
+    BUILD_SCRIPT,
+    FILES,
+    make_reference,
+    make_source_data,
+    pipeline_ref,
+    same_files,
+)
 
 import bulkformer
 from bulkformer.cli import main as cli_main
@@ -27,15 +33,6 @@ from bulkformer.data.genes import ReferenceMismatchError
 from bulkformer.data.memory import ArraySource
 
 REPO = str(Path(bulkformer.__file__).resolve().parents[1])
-FILES = [
-    "genes.tsv",
-    "samples.tsv",
-    "excluded.tsv",
-    "expression.npy",
-    "missing.npy",
-    "stats.npz",
-    "splits.npz",
-]
 
 
 def _lengths(gene_ids, seed):
@@ -60,14 +57,6 @@ def _sources(data, **kw):
         ArraySource(c, g, s, lengths=ln, path=f"mem{i}", **kw)
         for i, (c, g, s, ln) in enumerate(data)
     ]
-
-
-def _same_files(a: Path, b: Path):
-    for f in FILES:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
-    ma.pop("build"), mb.pop("build")
-    assert ma == mb
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -172,7 +161,7 @@ def test_given_stats_direct_build_equals_two_phase_merge(tmp_path, reference):
     for i in range(2):
         build_corpus(_sources(data), tmp_path / f"p{i}", reference, shard=f"{i}/2", **kw)
     merged = merge_parts([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m", progress=False)
-    _same_files(direct.path, merged.path)
+    same_files(direct.path, merged.path)
     want = pipeline_ref(
         [(c, g, ln) for c, g, _, ln in data],
         reference,
@@ -241,40 +230,14 @@ def test_shards_merge_equal_single_run(tmp_path, reference):
     with pytest.raises(ValueError, match="shard part"):
         Corpus.open(parts[0])
     merged = merge_parts(parts[::-1], tmp_path / "merged", progress=True)
-    _same_files(single.path, merged.path)
+    same_files(single.path, merged.path)
     assert merged.manifest["build"]["merged_from"]
-
-
-_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, time
-    sys.path[:0] = [{repo!r}, {tests!r}]
-    from corpus_data import make_reference, make_source_data
-    from bulkformer.data.corpus import build_corpus
-    from bulkformer.data.corpus._npy import NpyRows
-    from bulkformer.data.memory import ArraySource
-    if os.environ.get("SLOW"):  # slow down every block (read and standardize) to be killed
-        delay, read, rows = float(os.environ["SLOW"]), ArraySource.read_block, NpyRows.rows
-        def slow_read(*a, **k):
-            time.sleep(delay)
-            return read(*a, **k)
-        def slow_rows(*a, **k):
-            time.sleep(delay)
-            return rows(*a, **k)
-        ArraySource.read_block, NpyRows.rows = slow_read, slow_rows
-    ref = make_reference()
-    c, g, s = make_source_data(300, list(range(0, 37)), seed=4)
-    src = ArraySource(c, g, s, lengths=ref.lengths, path="mem")
-    build_corpus(src, sys.argv[1], ref, label="tissue", min_nonzero=20, block_size=10,
-                 progress=False, stats=sys.argv[2] if len(sys.argv) > 2 else None)
-    """
-)
 
 
 @pytest.mark.parametrize("phase", ["read", "standardize", "read with given stats"])
 def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
     script = tmp_path / "build.py"
-    script.write_text(_SCRIPT.format(repo=REPO, tests=str(Path(__file__).parent)))
+    script.write_text(BUILD_SCRIPT.format(repo=REPO, tests=str(Path(__file__).parent)))
     run = [sys.executable, str(script)]
     subprocess.run(run + [str(tmp_path / "whole")], check=True, timeout=60)
     extra = []
@@ -305,14 +268,16 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, phase):
     with pytest.raises(FileNotFoundError, match="unfinished build"):
         Corpus.open(out)
     subprocess.run(run + [str(out)] + extra, check=True, timeout=60)  # same command: resumes
-    _same_files(tmp_path / ("whole2" if extra else "whole"), out)
+    same_files(tmp_path / ("whole2" if extra else "whole"), out)
     assert json.loads((out / "manifest.json").read_text())["build"]["resumed"] == 1
 
 
 def test_incompatible_partial_is_refused(tmp_path, reference):
     data = _two_sources()
     (tmp_path / "c.partial").mkdir()
-    (tmp_path / "c.partial" / "manifest.json").write_text('{"kind": "corpus", "plan": {}}')
+    (tmp_path / "c.partial" / "manifest.json").write_text(
+        '{"format": "bulkformer-corpus", "kind": "corpus", "plan": {}}'
+    )
     with pytest.raises(FileExistsError, match="interrupted build"):
         build_corpus(_sources(data), tmp_path / "c", reference, min_nonzero=0, progress=False)
     c = build_corpus(
@@ -380,7 +345,7 @@ def test_durable_fsyncs_data_and_survives_a_reboot(tmp_path, reference, monkeypa
     assert c.manifest["build"]["durable"] is durable and "boot_id" not in c.manifest["build"]
     assert ("expression.npy" in synced) is durable
     assert sorted(p.name for p in c.path.iterdir()) == sorted(FILES + ["manifest.json"])
-    _same_files(whole.path, c.path)
+    same_files(whole.path, c.path)
 
 
 @pytest.mark.parametrize("kill_after", [1, 2, 3, 6])
@@ -418,7 +383,7 @@ def test_inplace_standardize_resumes_after_a_kill_at_any_block(
             build_corpus(_sources(data), tmp_path / "c", reference, **kw)
     c = build_corpus(_sources(data), tmp_path / "c", reference, **kw)
     assert c.manifest["build"]["resumed"] == 1
-    _same_files(whole.path, c.path)
+    same_files(whole.path, c.path)
 
 
 def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, monkeypatch):
@@ -439,8 +404,8 @@ def test_build_without_memory_maps_gives_the_same_bytes(tmp_path, reference, mon
     monkeypatch.setattr(npy_mod, "_mmap", no_mmap)
     b = build_corpus(_sources(data), tmp_path / "b", reference, **kw)
     sb = build_corpus(_sources(data), tmp_path / "sb", reference, stats=a.path, **kw)
-    _same_files(a.path, b.path)
-    _same_files(sa.path, sb.path)
+    same_files(a.path, b.path)
+    same_files(sa.path, sb.path)
 
 
 def test_partial_from_another_file_layout_is_not_resumed(tmp_path, reference, monkeypatch):
@@ -456,7 +421,7 @@ def test_partial_from_another_file_layout_is_not_resumed(tmp_path, reference, mo
         build_corpus(_sources(data), tmp_path / "c", reference, **kw)
     c = build_corpus(_sources(data), tmp_path / "c", reference, overwrite=True, **kw)
     assert c.manifest["build"]["resumed"] == 0
-    _same_files(whole.path, c.path)
+    same_files(whole.path, c.path)
 
 
 def test_full_disk_fails_early_with_a_clear_error(tmp_path, reference, monkeypatch):
@@ -474,7 +439,7 @@ def test_full_disk_fails_early_with_a_clear_error(tmp_path, reference, monkeypat
 
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
     c = build_corpus(_sources(data), tmp_path / "c", reference, **kw)
-    _same_files(whole.path, c.path)
+    same_files(whole.path, c.path)
 
     def full(fd, offset, size):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -496,7 +461,7 @@ def test_non_durable_build_resumes_on_the_same_boot(tmp_path, reference, monkeyp
         _sources(data), tmp_path / "c", reference, min_nonzero=24, block_size=8, progress=False
     )
     assert c.manifest["build"]["resumed"] == 1
-    _same_files(whole.path, c.path)
+    same_files(whole.path, c.path)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -617,7 +582,7 @@ def test_cli_preprocess_info_export_merge(tmp_path, reference, capsys):
         )
         == 0
     )
-    _same_files(tmp_path / "c", tmp_path / "m")
+    same_files(tmp_path / "c", tmp_path / "m")
     capsys.readouterr()
     assert cli_main(["corpus", "info", str(tmp_path / "c")]) == 0
     assert "reference " + reference.id in capsys.readouterr().out

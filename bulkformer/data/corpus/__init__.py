@@ -7,7 +7,8 @@ A corpus is one directory (format: ``docs/corpus_format.md``), readable with num
 ``genes.tsv``       the gene reference (G genes, column order of every matrix)
 ``samples.tsv``     one row per sample kept: sample_id, source_index, source, source_row,
                     [label], split, nonzero_genes, total_counts
-``excluded.tsv``    samples dropped by QC, with their figures
+``excluded.tsv``    samples dropped by QC, with their figures, and those a source's own filter
+                    dropped (ARCHS4 single-cell probability; ``source_row`` −1), with the reason
 ``expression.npy``  (N, G) float16 z-scores (``np.load(..., mmap_mode="r")``)
 ``missing.npy``     (n_sources, G) bool: reference genes a source lacks (z = 0 there); the row
                     of sample i is ``missing[samples.source_index[i]]``
@@ -31,12 +32,24 @@ the same order as a single run (bit-identical), then standardizes.
 Modules: :mod:`.reader` (:class:`Corpus`, :class:`CorpusPart`), :mod:`.stats`
 (:class:`CorpusStats`, fingerprints), :mod:`.plan` (splits, alignment, row blocks),
 :mod:`.build` (the two-phase writer, in-place standardization, :func:`build_corpus`),
-:mod:`.merge` (:func:`merge_parts`), and the private ``_npy`` (file encodings, row I/O).
+:mod:`.merge` (:func:`merge_parts`), :mod:`.progress` (the commit record of a partial build,
+resumability), :mod:`.guard` (output safety: the writer's lock, what ``overwrite`` may replace)
+and the private ``_npy`` (row I/O of ``.npy`` files; the byte encodings are in
+:mod:`bulkformer._io`).
+
+Only one process writes an output at a time (a second one fails at once, naming the first),
+and ``overwrite`` replaces only a bulkformer corpus that is none of the inputs.
 """
 
 from .build import PARTIAL_LAYOUT, build_corpus
 from .merge import merge_parts
-from .plan import DEFAULT_BLOCK_SIZE, DEFAULT_SPLITS, SPLIT_NAMES, assign_splits
+from .plan import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MIN_NONZERO,
+    DEFAULT_SPLITS,
+    SPLIT_NAMES,
+    assign_splits,
+)
 from .reader import FORMAT, FORMAT_VERSION, Corpus, CorpusPart
 from .stats import CorpusStats, file_fingerprint
 
@@ -53,5 +66,6 @@ __all__ = [
     "SPLIT_NAMES",
     "DEFAULT_SPLITS",
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_MIN_NONZERO",
     "PARTIAL_LAYOUT",
 ]

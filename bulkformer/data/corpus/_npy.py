@@ -1,9 +1,9 @@
-"""Low-level file encodings of a corpus: ``.npy`` headers, row-block I/O, disk reservation.
+"""Low-level ``.npy`` I/O of a corpus build: row blocks, disk reservation, header surgery.
 
-Private to :mod:`bulkformer.data.corpus` (and :mod:`bulkformer.data.derive`): byte encodings
-that give equal bytes for equal inputs (``.npy``, ``.npz`` without timestamps, JSON, TSV), the
-row memory-map class :class:`NpyRows` a build writes through, and in-place ``.npy`` header
-surgery (:func:`set_npy_rows`).
+Private to :mod:`bulkformer.data.corpus`: the row memory-map class :class:`NpyRows` a build
+writes through, :func:`open_rows` (open-or-create a build's file) and in-place ``.npy`` header
+surgery (:func:`set_npy_rows`). The byte encodings every writer uses (``.npy``, ``.npz``
+without timestamps, JSON, TSV) are public in :mod:`bulkformer._io`.
 """
 
 from __future__ import annotations
@@ -11,37 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import logging
 import mmap
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 log = logging.getLogger(__name__)
-
-
-def npz_bytes(**arrays) -> bytes:
-    """An ``.npz`` (readable by ``np.load``) without timestamps, so equal inputs → equal bytes."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            b = io.BytesIO()
-            np.lib.format.write_array(b, np.asarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            zf.writestr(info, b.getvalue())
-    return buf.getvalue()
-
-
-def json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
-
-
-def tsv_bytes(df: pd.DataFrame) -> bytes:
-    return df.to_csv(sep="\t", index=False, lineterminator="\n").encode()
 
 
 def reserve(fd: int, size: int, path: Path) -> None:
@@ -243,9 +220,3 @@ def set_npy_rows(path: Path, n: int) -> None:
         f.seek(0)
         f.write(header)
         f.truncate(size)
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    b = io.BytesIO()
-    np.lib.format.write_array(b, np.ascontiguousarray(arr), allow_pickle=False)
-    return b.getvalue()

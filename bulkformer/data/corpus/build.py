@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..._io import replace_dir, write_atomic
+from ..._io import json_bytes, npy_bytes, npz_bytes, replace_dir, tsv_bytes, write_atomic
 from ..genes import GeneReference
-from ..normalize import GeneStats
 from ..source import Block, ExpressionSource
-from ._npy import NpyRows, json_bytes, npy_bytes, npz_bytes, open_rows, set_npy_rows, tsv_bytes
+from ._npy import NpyRows, open_rows, set_npy_rows
+from .guard import check_out, corpus_manifest, foreign_entries, not_replaceable, output_lock
 from .plan import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_MIN_NONZERO,
     DEFAULT_SPLITS,
     SPLIT_NAMES,
     Plan,
@@ -42,6 +43,7 @@ from .plan import (
     missing_mask,
     parse_shard,
 )
+from .progress import Progress, progress_bar, resumable, stamp
 from .reader import FORMAT, FORMAT_VERSION, Corpus, CorpusPart
 from .stats import CorpusStats, fold
 
@@ -58,109 +60,38 @@ _LAYOUT_KEYS = ("partial_layout", "blocks_sha256")
 COMMIT_SECONDS = 1.0
 
 
-def _boot_id() -> str | None:
-    """This boot of the machine, to tell a killed build from a crashed one: Linux's boot id,
-    else the boot time from ``sysctl kern.boottime`` (macOS, BSD); None when neither exists."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    try:  # pragma: no cover - not Linux
-        import subprocess
-
-        r = subprocess.run(
-            ["sysctl", "-n", "kern.boottime"], capture_output=True, text=True, timeout=5
-        )
-        return f"boottime:{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):  # pragma: no cover
-        return None
-
-
-def _resumable(old: dict, partial: Path) -> bool:
-    """Whether the data an interrupted build committed can be trusted.
-
-    A process kill loses nothing the build wrote (the kernel still holds it), so a build
-    committed without fsync resumes on the same boot. After a reboot (crash, power loss) only a
-    ``durable`` build's commits (data fsync'd before progress) are known to be on disk.
-    """
-    b = old.get("build", {})
-    if b.get("durable"):
-        return True
-    boot = _boot_id()
-    if boot is not None and b.get("boot_id") == boot:
-        return True
-    log.warning(
-        "%s was left by a build that did not fsync its data (durable=False) and the machine "
-        "has restarted since (or its boot cannot be identified): what it wrote may not have "
-        "reached the disk, so the build starts over",
-        partial,
-    )
-    return False
-
-
-# ====================================================================== progress record
-class Progress:
-    """The commit record of a build in progress (``progress.npz``, replaced atomically after each
-    block's data is fsync'd). The manifest's ``progress`` mirrors it for humans."""
-
-    def __init__(self, path: Path, G: int):
-        self.path = path
-        self.phase = 1
-        self.blocks_done = 0
-        self.rows_written = 0
-        self.rows_done = 0
-        self.stats = GeneStats(G)
-        if path.exists():
-            with np.load(path) as z:
-                self.phase = int(z["phase"])
-                self.blocks_done = int(z["blocks_done"])
-                self.rows_written = int(z["rows_written"])
-                self.rows_done = int(z["rows_done"])
-                self.stats = GeneStats.from_array(z["stats"])
-
-    def commit(self) -> None:
-        write_atomic(
-            self.path,
-            npz_bytes(
-                phase=np.int64(self.phase),
-                blocks_done=np.int64(self.blocks_done),
-                rows_written=np.int64(self.rows_written),
-                rows_done=np.int64(self.rows_done),
-                stats=self.stats.as_array(),
-            ),
-        )
-
-
-def stamp(manifest: dict, durable: bool) -> None:
-    """Record how the data of the next commit was written (see :func:`_resumable`)."""
-    manifest.setdefault("build", {}).update(durable=bool(durable), boot_id=_boot_id())
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=" samples", smoothing=0.1)
-
-
 # ====================================================================== build
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} already exists; choose another output or pass overwrite=True "
-            "(--overwrite) to replace it"
-        )
-
-
 def open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Path, dict | None]:
     """Create ``OUT.partial`` or find the compatible one a killed build left (returned manifest)."""
     partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        mf = partial / "manifest.json"
-        old = json.loads(mf.read_text()) if mf.exists() else None
-        if old is not None and old.get("kind") == kind and old.get("plan") == key:
-            if _resumable(old, partial):
+    if partial.exists() or partial.is_symlink():
+        old = corpus_manifest(partial)
+        if old is None:
+            # no manifest: a build that stopped before its first commit (killed, or the disk
+            # filled) left only files of its own; nothing in it counts, so start over
+            mf = partial / "manifest.json"
+            if (
+                partial.is_symlink()
+                or not partial.is_dir()
+                or mf.exists()
+                or foreign_entries(partial)
+            ):
+                why = not_replaceable(partial)
+                raise FileExistsError(
+                    f"{partial} {why}, so it is not an interrupted build of bulkformer; "
+                    "nothing was deleted: move it away or choose another output"
+                )
+            log.info("%s holds a build that never committed progress: starting over", partial)
+            shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+            return partial, None
+        if foreign_entries(partial):
+            raise FileExistsError(
+                f"{partial} {not_replaceable(partial)}: not only an interrupted build; nothing "
+                "was deleted: move those files away, then rerun"
+            )
+        if old.get("kind") == kind and old.get("plan") == key:
+            if resumable(old, partial):
                 log.info("resuming the interrupted build in %s", partial)
                 return partial, old
             shutil.rmtree(partial)
@@ -194,8 +125,11 @@ def open_partial(out: Path, key: dict, kind: str, overwrite: bool) -> tuple[Path
 
 def finish(partial: Path, out: Path, overwrite: bool) -> None:
     """Move the finished ``partial`` to ``out`` (replacing it only with ``overwrite``)."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} appeared while building; the new corpus is at {partial}")
+    if out.exists() or out.is_symlink():
+        why = None if overwrite else "appeared while building"
+        why = why or not_replaceable(out)
+        if why is not None:
+            raise FileExistsError(f"{out} {why}; the new corpus is at {partial}")
     replace_dir(partial, out)
 
 
@@ -218,7 +152,7 @@ def build_corpus(
     reference: GeneReference | None = None,
     *,
     label: str | None = None,
-    min_nonzero: int = 14000,
+    min_nonzero: int = DEFAULT_MIN_NONZERO,
     splits: Sequence[float] = DEFAULT_SPLITS,
     seed: int = 0,
     stats: CorpusStats | str | os.PathLike | None = None,
@@ -269,11 +203,60 @@ def build_corpus(
         Bad input (no gene overlap, NaN / negative / non-integer counts, duplicate sample IDs,
         absent label column, statistics of another reference); no partial output is left.
     FileExistsError
-        ``out`` exists and ``overwrite`` is false.
+        ``out`` exists and ``overwrite`` is false, or ``out`` (or ``out.partial``) is not a
+        bulkformer corpus: ``overwrite`` replaces nothing else. ``out`` is an input, holds one,
+        or is the current directory (or above it): ValueError.
+    bulkformer._io.LockedError
+        Another process is writing ``out`` (its pid and host are named).
     """
     t0 = time.time()
-    out = Path(out)
-    check_out(out, overwrite)
+    srcs = [sources] if isinstance(sources, ExpressionSource) else list(sources)
+    inputs = [getattr(s, "path", None) for s in srcs]
+    if stats is not None and not isinstance(stats, CorpusStats):
+        inputs.append(stats)
+    out = check_out(out, overwrite, inputs)  # fail fast; checked again under the lock
+    with output_lock(out):
+        return _build(
+            srcs,
+            out,
+            reference,
+            inputs,
+            t0,
+            label=label,
+            min_nonzero=min_nonzero,
+            splits=splits,
+            seed=seed,
+            stats=stats,
+            block_size=block_size,
+            threads=threads,
+            overwrite=overwrite,
+            shard=shard,
+            progress=progress,
+            durable=durable,
+        )
+
+
+def _build(
+    sources,
+    out,
+    reference,
+    inputs,
+    t0,
+    *,
+    label,
+    min_nonzero,
+    splits,
+    seed,
+    stats,
+    block_size,
+    threads,
+    overwrite,
+    shard,
+    progress,
+    durable,
+):
+    """:func:`build_corpus` under the output's lock."""
+    check_out(out, overwrite, inputs)
     if reference is None:
         if not hasattr(GeneReference, "default"):
             raise ValueError("no embedded gene reference in this build: pass reference=")
@@ -523,6 +506,8 @@ class _Writer:
         df["total_counts"] = tot
         excluded = df[~keep].drop(columns=["split"]).copy()
         excluded["reason"] = f"nonzero_genes < {plan.key['parameters']['min_nonzero']}"
+        if plan.shard_blocks[0] == 0:  # (once: in the first shard)
+            excluded = with_filtered(excluded, srcs)
         return df[keep].reset_index(drop=True), excluded.reset_index(drop=True), keep
 
     def _stats(self, n_train: int) -> CorpusStats:
@@ -616,14 +601,46 @@ FILES = {
 }
 
 
+def with_filtered(excluded: pd.DataFrame, sources) -> pd.DataFrame:
+    """``excluded`` followed by the samples each source's own filter dropped
+    (:attr:`ExpressionSource.filtered`): source_row −1, no QC figures, the source's reason."""
+    extra = []
+    for i, src in enumerate(sources):
+        f = getattr(src, "filtered", None)
+        if f is None or len(f) == 0:
+            continue
+        e = pd.DataFrame(
+            {
+                "sample_id": f.index.astype(str),
+                "source_index": np.int32(i),
+                "source": str(src.path),
+                "source_row": np.int64(-1),
+            }
+        )
+        if "label" in excluded.columns:
+            e["label"] = ""
+        e["nonzero_genes"] = pd.array([pd.NA] * len(e), dtype="Int64")
+        e["total_counts"] = np.nan
+        e["reason"] = f["reason"].astype(str).to_numpy()
+        extra.append(e)
+    if not extra:
+        return excluded
+    excluded = excluded.astype({"nonzero_genes": "Int64"})  # integers stay integers next to NA
+    return pd.concat([excluded, *extra], ignore_index=True)
+
+
 def rows_summary(samples: pd.DataFrame, excluded: pd.DataFrame) -> dict:
-    """The manifest's ``rows``: input, passed_qc, excluded and the size of each split."""
+    """The manifest's ``rows``: input (samples read), passed_qc, excluded (by QC), the size of
+    each split, and filtered_by_source (samples a source's own filter dropped, source_row −1
+    in excluded.tsv)."""
     counts = samples["split"].value_counts()
+    filtered = int((pd.to_numeric(excluded["source_row"]) < 0).sum())
     return {
-        "input": int(len(samples) + len(excluded)),
+        "input": int(len(samples) + len(excluded) - filtered),
         "passed_qc": int(len(samples)),
-        "excluded": int(len(excluded)),
+        "excluded": int(len(excluded) - filtered),
         **{k: int(counts.get(k, 0)) for k in SPLIT_NAMES},
+        "filtered_by_source": filtered,
     }
 
 

@@ -18,23 +18,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..._io import write_atomic
+from ..._io import json_bytes, npy_bytes, write_atomic
 from ..normalize import GeneStats
-from ._npy import NpyRows, json_bytes, npy_bytes, open_rows
+from ._npy import NpyRows, open_rows
 from .build import (
-    Progress,
-    check_out,
     finish,
     mark_corpus_done,
     new_manifest,
     open_partial,
     record_finish,
     rows_summary,
-    stamp,
     standardize,
     timestamp,
     write_corpus_tables,
 )
+from .guard import check_out, output_lock
+from .progress import Progress, stamp
 from .reader import Corpus, CorpusPart
 from .stats import CorpusStats, fold
 
@@ -55,11 +54,19 @@ def merge_parts(
     in the order of a single build, so the result is byte-identical to building in one go
     (the manifest's ``build`` section aside). Parts must come from the same inputs and
     parameters, all ``n`` of them exactly once (any order). ``durable`` as in
-    :func:`build_corpus`.
+    :func:`build_corpus`; ``overwrite`` replaces only a bulkformer corpus, and a second writer
+    of ``out`` fails at once (:class:`bulkformer._io.LockedError`), as there.
     """
     t0 = time.time()
-    out = Path(out)
-    check_out(out, overwrite)
+    parts = list(parts)
+    out = check_out(out, overwrite, parts)  # fail fast; checked again under the lock
+    with output_lock(out, "corpus merge"):
+        return _merge(parts, out, t0, overwrite=overwrite, progress=progress, durable=durable)
+
+
+def _merge(parts, out: Path, t0: float, *, overwrite: bool, progress: bool, durable: bool):
+    """:func:`merge_parts` under the output's lock."""
+    check_out(out, overwrite, parts)
     parts = [CorpusPart.open(p) for p in parts]
     if not parts:
         raise ValueError("merge: no parts given")

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLITS = (0.9, 0.05, 0.05)
 DEFAULT_BLOCK_SIZE = 512
+#: QC: a sample needs at least this many non-zero genes (the ARCHS4 bulk threshold); the one
+#: default of ``build_corpus``, ``preprocess --min-nonzero``, ``ARCHS4File.filter`` and ``archs4 qc``
+DEFAULT_MIN_NONZERO = 14_000
 
 
 # ====================================================================== splits

@@ -193,7 +193,13 @@ class Corpus(_Dir):
         lines = [
             f"bulkformer corpus {self.path} (format {m['format_version']})",
             f"  samples   {r['passed_qc']:,} kept of {r['input']:,} "
-            f"({r['excluded']:,} excluded: fewer than {p['min_nonzero']:,} non-zero genes)",
+            f"({r['excluded']:,} excluded: fewer than {p['min_nonzero']:,} non-zero genes"
+            + (
+                f"; {r['filtered_by_source']:,} more dropped by a source's filter"
+                if r.get("filtered_by_source")
+                else ""
+            )
+            + ")",
             f"  splits    train {r['train']:,} / val {r['val']:,} / test {r['test']:,} "
             f"(seed {p['seed']}" + (f", stratified by {p['label']!r})" if p["label"] else ")"),
             f"  genes     {m['reference']['n_genes']:,} (reference {m['reference']['id']})",

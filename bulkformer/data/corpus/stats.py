@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..._io import npz_bytes
 from ..normalize import GeneStats
 from ..source import ExpressionSource
-from ._npy import npz_bytes
 
 _MiB = 1 << 20
 
@@ -89,18 +90,43 @@ class CorpusStats:
             p = p / "stats.npz"
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such statistics file (a corpus' stats.npz)")
-        with np.load(p, allow_pickle=False) as z:
-            missing = {"mean", "std", "reference_id"} - set(z.files)
-            if missing:
-                raise ValueError(f"{p}: lacks {sorted(missing)}; expected a corpus stats.npz")
-            G = len(z["mean"])
-            return cls(
-                z["mean"].astype(np.float64),
-                z["std"].astype(np.float64),
-                z["count"].astype(np.float64) if "count" in z.files else np.zeros(G),
-                str(z["reference_id"]),
-                int(z["n"]) if "n" in z.files else 0,
-            )
+        expected = (
+            "expected a corpus stats.npz: an .npz of arrays mean and std (G,) float, "
+            "reference_id (a string) and optionally count (G,) and n"
+        )
+        try:
+            z = np.load(p, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz")
+            with z:
+                missing = {"mean", "std", "reference_id"} - set(z.files)
+                if missing:
+                    raise ValueError(f"lacks {sorted(missing)}")
+                arrays = {k: z[k] for k in ("mean", "std", "count", "reference_id", "n") if k in z}
+        except FileNotFoundError:
+            raise
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            text = str(e).split("\n")[0]
+            why = "unreadable (not an .npz, or corrupt)" if "pickle" in text else text
+            raise ValueError(f"{p}: {why}; {expected}") from None
+        G = arrays["mean"].shape[0] if arrays["mean"].ndim == 1 else -1
+        for k in ("mean", "std", "count"):
+            a = arrays.get(k)
+            if a is not None and (a.shape != (G,) or a.dtype.kind not in "fiu"):
+                raise ValueError(f"{p}: field {k!r} is {a.dtype} of shape {a.shape}; {expected}")
+        rid = arrays["reference_id"]
+        if rid.shape != () or rid.dtype.kind != "U":
+            raise ValueError(f"{p}: field 'reference_id' is not a string; {expected}")
+        n = arrays.get("n")
+        if n is not None and (n.shape != () or n.dtype.kind not in "iu"):
+            raise ValueError(f"{p}: field 'n' is not an integer; {expected}")
+        return cls(
+            arrays["mean"].astype(np.float64),
+            arrays["std"].astype(np.float64),
+            arrays["count"].astype(np.float64) if "count" in arrays else np.zeros(G),
+            str(rid),
+            int(n) if n is not None else 0,
+        )
 
     def to_bytes(self) -> bytes:
         return npz_bytes(
