@@ -7,6 +7,9 @@ matrix of the pooled out-of-fold predictions). Methods:
 ``linear_probe``     standardize → logistic regression on the BulkFormer sample embeddings
 ``logreg_log1p_tpm`` standardize → logistic regression on the z-scored log1p(TPM) input genes
 ``pca50_logreg``     standardize → PCA(50) → logistic regression on the same genes
+``rf_*``             BulkFormer's own protocol: standardize → PCA(50) → random forest
+                     (:func:`random_forest`), on the embeddings (``rf_bulkformer``) or on the
+                     genes (``rf_log1p_tpm``)
 
 Everything preprocessing-like (scaler, PCA) is fit on the training fold only.
 """
@@ -28,6 +31,7 @@ __all__ = [
     "cross_validate",
     "linear_probe",
     "baselines",
+    "random_forest",
     "probe",
     "results_table",
     "METRICS",
@@ -241,6 +245,50 @@ def baselines(
         ),
         cross_validate(f"pca{n_components}_logreg", _sk_fit_predict(pca_pipe, X, y), y, folds),
     ]
+
+
+def random_forest(
+    features: np.ndarray,
+    labels,
+    folds,
+    *,
+    method: str = "rf_bulkformer",
+    n_components: int | None = 50,
+    n_estimators: int = 500,
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> ClassificationResult:
+    """BulkFormer's classification protocol: standardize → PCA → random forest, on every fold.
+
+    Parameters
+    ----------
+    features : (N, F) frozen features (sample embeddings, or z-scored genes).
+    n_components : PCA width, capped by the training-fold size and F (``None``: no PCA, the
+        forest sees the standardized features directly). Scaler and PCA are fit on the
+        training fold only.
+    n_estimators, n_jobs : of :class:`sklearn.ensemble.RandomForestClassifier` (seeded).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = check_labels(labels, None)
+    X = np.asarray(features, dtype=np.float32)
+    if X.shape[0] != len(y):
+        raise ValueError(f"features have {X.shape[0]} rows but there are {len(y)} labels")
+    X = X[:, X.std(axis=0) > 0]
+
+    def pipe(n_train):
+        steps = [StandardScaler()]
+        if n_components is not None:
+            steps.append(PCA(max(1, min(n_components, n_train - 1, X.shape[1])), random_state=seed))
+        rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
+        return make_pipeline(*steps, rf)
+
+    res = cross_validate(method, _sk_fit_predict(pipe, X, y), y, folds)
+    res.extra = {"n_components": n_components, "n_estimators": n_estimators}
+    return res
 
 
 def results_table(results: list[ClassificationResult]) -> pd.DataFrame:
