@@ -13,6 +13,11 @@ Cases:
   AdamW + schedule) against a plain loop over the same model on random tensors with plain
   AdamW. ``ratio = ours ÷ plain``; ≥ 1.0 means our machinery costs nothing (steps 2… of each,
   median; the first step is warm-up).
+- ``test_sample_objective_overhead``: seconds of a plain training step of the tiny preset at
+  G = 20,010 with the sample objective on (``[SAMPLE]`` token, sample decoder, residual head,
+  ``objectives.pretrain_sse``: today's default) and off (``sample_token=False,
+  sample_weight=0``: the token loss only), the two alternating step by step; ``overhead`` =
+  on ÷ off − 1 (median of steps 2…), target ≤ 10%.
 - ``test_loader_throughput``: samples/s of :class:`bulkformer.train.BatchLoader` over a
   20,010-gene corpus on disk (page cache warm), against the step's consumption
   (samples/s of the step above, or of one fresh step): ``loader_vs_step`` should be ≥ 20.
@@ -114,6 +119,45 @@ def test_train_step_cpu_ours_vs_plain(benchmark, corpus20k, tmp_path):
     print(
         f"\ntraining step, tiny, G={G}, batch {BATCH}: ours {ours_tps:,.0f} tokens/s, plain loop "
         f"{plain_tps:,.0f} tokens/s, ratio {ours_tps / plain_tps:.3f}"
+    )
+
+
+def test_sample_objective_overhead(benchmark):
+    from bulkformer.train.objectives import pretrain_sse
+
+    models, opts = {}, {}
+    for name, over in (("on", {}), ("off", dict(sample_token=False, sample_weight=0.0))):
+        torch.manual_seed(0)
+        models[name] = BulkFormer(BulkFormerConfig.from_preset("tiny", n_genes=G, **over))
+        opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4)
+    times = {"on": [], "off": []}
+
+    def step(name, x, masked):
+        m, opt = models[name], opts[name]
+        t = time.perf_counter()
+        out = m(x, masked=masked)
+        total, _, _ = pretrain_sse(out, x, masked, m.config.sample_weight)
+        (total / masked.sum()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times[name].append(time.perf_counter() - t)
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        for i in range(STEPS + 1):
+            x = torch.randn(BATCH, G, generator=g)
+            masked = torch.rand(BATCH, G, generator=g) < 0.15
+            for name in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                step(name, x, masked)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    on, off = statistics.median(times["on"][1:]), statistics.median(times["off"][1:])
+    benchmark.extra_info.update(
+        G=G, batch=BATCH, on_s=on, off_s=off, overhead=on / off - 1, threads=torch.get_num_threads()
+    )
+    print(
+        f"\nsample objective, tiny, G={G}, batch {BATCH}: step {on:.3f} s on vs {off:.3f} s off, "
+        f"overhead {100 * (on / off - 1):+.1f}%"
     )
 
 

@@ -16,15 +16,19 @@ helpers: write to a temporary name next to the destination, flush (and fsync), t
   a pretraining run): an advisory ``flock`` on ``DIR.lock`` next to it, non-blocking (a second
   writer fails at once with :class:`LockedError`) and released by the kernel when the holder
   dies, so a killed writer never leaves a stale lock.
+- :func:`json_safe` turns non-finite floats into None before ``json.dumps(allow_nan=False)``;
+  :func:`sha256_file` is the digest writers record and readers verify.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -40,9 +44,11 @@ __all__ = [
     "atomic_file",
     "fsync_dir",
     "json_bytes",
+    "json_safe",
     "npy_bytes",
     "npz_bytes",
     "replace_dir",
+    "sha256_file",
     "tmp_path",
     "tsv_bytes",
     "write_atomic",
@@ -303,3 +309,24 @@ def npy_bytes(arr) -> bytes:
     b = io.BytesIO()
     np.lib.format.write_array(b, np.ascontiguousarray(arr), allow_pickle=False)
     return b.getvalue()
+
+
+def json_safe(obj):
+    """``obj`` (nested dicts, lists, tuples) with every non-finite float replaced by None, for
+    ``json.dumps(..., allow_nan=False)``: JSON has no NaN or infinity."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()

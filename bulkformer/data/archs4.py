@@ -8,7 +8,9 @@ Works on every layout seen across ARCHS4 releases:
   ``readsaligned`` or ``alignedreads``), ``meta/info/version``;
 * the old layout with sample fields as ``meta/Sample_*`` datasets and gene symbols in
   ``meta/genes`` (a dataset) — read as well;
-* a samples × genes ``data/expression`` (detected from the gene count) is read transposed.
+* a samples × genes ``data/expression`` (detected from the lengths of the gene *and* the sample
+  fields; a square matrix they cannot tell apart must be stated, ``layout=``) is read
+  transposed (:mod:`bulkformer.data.archs4_checks`).
 
 Chunk shape and filters are always read from the file. Counts are read by the C++ engine
 (:mod:`bulkformer.data.engine`); metadata fields are loaded one at a time, on demand.
@@ -35,13 +37,29 @@ import numpy as np
 import pandas as pd
 
 from . import engine as _engine
+from .archs4_checks import (
+    LAYOUTS,
+    ARCHS4FormatError,
+    ARCHS4IndexError,
+    ARCHS4KeyError,
+    damaged_file_errors,
+    field_length,
+    lock_hint,
+    orientation,
+)
 from .corpus.plan import DEFAULT_MIN_NONZERO
 from .genes import strip_version
 from .source import Alignment, Block, ExpressionSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARCHS4File", "ARCHS4Source", "ARCHS4FormatError"]
+__all__ = [
+    "ARCHS4File",
+    "ARCHS4Source",
+    "ARCHS4FormatError",
+    "ARCHS4KeyError",
+    "ARCHS4IndexError",
+]
 
 # field-name variants seen across ARCHS4 releases, first match wins
 GENE_ID_FIELDS = ("ensembl_gene_id", "ensembl_gene", "ensembl_id", "gene_id", "ensembl")
@@ -51,10 +69,6 @@ SERIES_FIELDS = ("series_id", "Sample_series_id")
 ALIGNED_FIELDS = ("readsaligned", "alignedreads", "reads_aligned", "Sample_readsaligned")
 SINGLECELL_FIELDS = ("singlecellprobability", "single_cell_probability")
 DEFAULT_SEARCH_FIELDS = ("title", "source_name_ch1", "characteristics_ch1")
-
-
-class ARCHS4FormatError(ValueError):
-    """The file does not have the ARCHS4 layout (names the file and the field)."""
 
 
 def _decode(values: np.ndarray) -> np.ndarray:
@@ -72,16 +86,44 @@ class ARCHS4File:
     Parameters
     ----------
     path : the ``.h5`` file.
+    layout : ``"auto"`` (default): genes × samples or samples × genes, decided from the lengths
+        of both the gene (``meta/genes``) and the sample (``meta/samples``) fields; a square
+        matrix whose metadata cannot tell is refused. ``"genes×samples"`` / ``"samples×genes"``
+        (also spelt ``genes-by-samples`` / ``samples-by-genes``) state it; the metadata lengths
+        must still agree.
+
+    Raises
+    ------
+    FileNotFoundError, ARCHS4FormatError
+        Missing file; not HDF5; no ``data/expression``; metadata fields of unequal lengths or
+        lengths that fit neither orientation; an ambiguous square matrix.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, layout: str = "auto"):
         self.path = os.fspath(path)
+        if layout not in LAYOUTS:
+            raise ValueError(
+                f"layout {layout!r}: expected one of auto, genes-by-samples, samples-by-genes"
+            )
+        self.layout = layout
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise ARCHS4FormatError(f"{self.path}: a directory; expected an ARCHS4 .h5 file")
         try:
             self._h5 = h5py.File(self.path, "r")
         except OSError as e:
-            raise ARCHS4FormatError(f"{self.path}: not a readable HDF5 file ({e})") from None
+            raise ARCHS4FormatError(
+                f"{self.path}: not a readable HDF5 file ({e}){lock_hint(e)}"
+            ) from None
+        try:
+            with damaged_file_errors(self.path, "the file layout (data/expression, meta/)"):
+                self._open()
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _open(self) -> None:
         if "data/expression" not in self._h5:
             raise ARCHS4FormatError(
                 f"{self.path}: no dataset 'data/expression' (expected an ARCHS4 gene-level "
@@ -95,28 +137,18 @@ class ARCHS4File:
             )
         self._sample_fields = self._find_sample_fields()
         self._gene_fields = self._find_gene_fields()
-        n_gene_meta = self._gene_length()
-        n0, n1 = self.expression.shape
-        if n_gene_meta == n0:
-            self.transposed = False
-        elif n_gene_meta == n1:
-            self.transposed = True
+        n_gene_meta = field_length(self._h5, self.path, self._gene_fields, "meta/genes")
+        n_meta = field_length(self._h5, self.path, self._sample_fields, "meta/samples")
+        self.transposed = orientation(
+            self.path, self.expression.shape, n_gene_meta, n_meta, self.layout
+        )
+        if self.transposed:
             log.info(
                 "%s: data/expression is samples × genes (old layout): reading transposed", self.path
             )
-        else:
-            raise ARCHS4FormatError(
-                f"{self.path}: data/expression has shape {self.expression.shape} but meta/genes "
-                f"has {n_gene_meta} entries — expected genes × samples (or samples × genes)"
-            )
         self.n_genes = n_gene_meta
+        n0, n1 = self.expression.shape
         self.n_samples = n1 if not self.transposed else n0
-        n_meta = self._sample_length()
-        if n_meta is not None and n_meta != self.n_samples:
-            raise ARCHS4FormatError(
-                f"{self.path}: meta/samples fields have {n_meta} entries but data/expression "
-                f"has {self.n_samples} samples"
-            )
         self._cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,22 +200,15 @@ class ARCHS4File:
             )
         return out
 
-    def _gene_length(self) -> int:
-        return len(self._h5[next(iter(self._gene_fields.values()))])
-
-    def _sample_length(self) -> int | None:
-        for p in self._sample_fields.values():
-            return len(self._h5[p])
-        return None
-
     # ------------------------------------------------------------------ description
     @property
     def version(self) -> str:
         for p in ("meta/info/version", "info/version", "meta/version"):
-            if p in self._h5:
-                v = self._h5[p][()]
-                v = v[0] if isinstance(v, np.ndarray) and v.shape else v
-                return v.decode() if isinstance(v, bytes) else str(v)
+            with damaged_file_errors(self.path, p):
+                if p in self._h5:
+                    v = self._h5[p][()]
+                    v = v[0] if isinstance(v, np.ndarray) and v.shape else v
+                    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
         return "unknown"
 
     def describe(self) -> dict:
@@ -229,23 +254,27 @@ class ARCHS4File:
         }.get(name, ())
         key = self._field(name, variants)
         if key is None:
-            raise KeyError(
-                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            raise ARCHS4KeyError(
+                f"{self.path}: no sample field {name!r} in meta/samples (available: "
+                f"{', '.join(self.sample_fields) or 'none'})"
             )
         if key not in self._cache:
-            self._cache[key] = _decode(self._h5[self._sample_fields[key]][:])
+            with damaged_file_errors(self.path, self._sample_fields[key]):
+                self._cache[key] = _decode(self._h5[self._sample_fields[key]][:])
         return self._cache[key]
 
     def _raw_field(self, name: str) -> np.ndarray:
         """A string field as raw bytes (for search), cached separately."""
         key = self._field(name)
         if key is None:
-            raise KeyError(
-                f"{self.path}: no sample field {name!r} (available: {', '.join(self.sample_fields)})"
+            raise ARCHS4KeyError(
+                f"{self.path}: no sample field {name!r} in meta/samples (available: "
+                f"{', '.join(self.sample_fields) or 'none'})"
             )
         ck = "raw:" + key
         if ck not in self._cache:
-            self._cache[ck] = self._h5[self._sample_fields[key]][:]
+            with damaged_file_errors(self.path, self._sample_fields[key]):
+                self._cache[ck] = self._h5[self._sample_fields[key]][:]
         return self._cache[ck]
 
     def samples(self, fields: Iterable[str] | None = None, rows=None) -> pd.DataFrame:
@@ -277,7 +306,8 @@ class ARCHS4File:
     @cached_property
     def genes(self) -> pd.DataFrame:
         """Gene metadata (all fields of meta/genes), one row per gene in file order."""
-        return pd.DataFrame({k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()})
+        with damaged_file_errors(self.path, "meta/genes"):
+            return pd.DataFrame({k: _decode(self._h5[p][:]) for k, p in self._gene_fields.items()})
 
     @cached_property
     def gene_ids(self) -> np.ndarray:
@@ -342,8 +372,10 @@ class ARCHS4File:
             pos = pd.Index(self.sample_ids).get_indexer(want)
             missing = want[pos < 0]
             if len(missing):
-                raise KeyError(
-                    f"{self.path}: {len(missing)} GSM id(s) not found, e.g. {list(missing[:5])}"
+                raise ARCHS4KeyError(
+                    f"{self.path}: {len(missing)} of {len(want)} GSM id(s) not found in "
+                    f"meta/samples/geo_accession, e.g. {list(missing[:5])}; expected GEO sample "
+                    "accessions of this file (see `bulkformer archs4 search`)"
                 )
             parts.append(pos)
         if series is not None:
@@ -355,7 +387,9 @@ class ARCHS4File:
         if index is not None:
             idx = np.asarray(list(index), dtype=np.int64)
             if len(idx) and (idx.min() < 0 or idx.max() >= self.n_samples):
-                raise IndexError(f"{self.path}: sample index out of range [0, {self.n_samples})")
+                raise ARCHS4IndexError(
+                    f"{self.path}: sample index out of range [0, {self.n_samples})"
+                )
             parts.append(idx)
         if not parts:
             return np.arange(self.n_samples)
@@ -401,7 +435,8 @@ class ARCHS4File:
 
     def _read(self, samples, **kw):
         # the engine indexes the chunk columns the request touches (cached per file)
-        return _engine.read_matrix(self.expression, samples, transposed=self.transposed, **kw)
+        with damaged_file_errors(self.path, "data/expression"):
+            return _engine.read_matrix(self.expression, samples, transposed=self.transposed, **kw)
 
     def read(
         self,
@@ -455,6 +490,8 @@ class ARCHS4Source(ExpressionSource):
         corpus writer from the QC figures the engine computes while reading.
     fields : sample metadata fields carried into the corpus' ``samples.tsv`` (default: series,
         title, source name, characteristics, and ``sex``/``tissue`` fields when present).
+    layout : orientation of ``data/expression`` (see :class:`ARCHS4File`); default decided
+        from the metadata lengths.
     """
 
     def __init__(
@@ -467,8 +504,9 @@ class ARCHS4Source(ExpressionSource):
         max_singlecell: float | None = 0.5,
         fields: Sequence[str] | None = None,
         threads: int | None = None,
+        layout: str = "auto",
     ):
-        self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path)
+        self.file = path if isinstance(path, ARCHS4File) else ARCHS4File(path, layout=layout)
         self.path = self.file.path
         f = self.file
         if samples is None:
@@ -623,6 +661,8 @@ def chunk_aligned_cuts(column: np.ndarray, block_size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
     """``bulkformer archs4 info|search|qc``: look inside an ARCHS4 file before building."""
+    from ..cli import int_at_least
+
     p = subparsers.add_parser(
         "archs4",
         help="inspect an ARCHS4 gene-level file (layout, metadata search, QC)",
@@ -649,8 +689,8 @@ def add_parser(subparsers) -> None:
     q.add_argument("file")
     q.add_argument("--samples", nargs="+", metavar="GSM", help="only these GEO accessions")
     q.add_argument("--search", metavar="REGEX", help="only samples matching REGEX")
-    q.add_argument("--min-nonzero", type=int, default=DEFAULT_MIN_NONZERO)
-    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--min-nonzero", type=int_at_least(0), default=DEFAULT_MIN_NONZERO)
+    q.add_argument("--threads", type=int_at_least(1), default=None, help="default: all cores")
     q.add_argument("--out", metavar="TSV", help="write the table here")
     q.set_defaults(func=_cli_qc)
 

@@ -37,6 +37,11 @@ examples:
   bulkformer preprocess --gdc gdc_download/ --sample-sheet gdc_sample_sheet.tsv \\
       --label "Project ID" --out tcga_corpus
 
+  # TPM with the exon lengths of your own annotation; no 1 kb guess for genes it lacks
+  bulkformer genes lengths --gtf gencode.v36.annotation.gtf.gz --out lengths.tsv
+  bulkformer preprocess --gdc gdc_download/ --sample-sheet gdc_sample_sheet.tsv \\
+      --lengths lengths.tsv --fallback-length none --out tcga_corpus
+
   # BulkFormer's PreBULK (already log1p TPM), standardized like another corpus
   bulkformer preprocess --h5ad PreBULK.h5ad --values log1p_tpm --stats pretrain_corpus \\
       --out prebulk_corpus
@@ -50,6 +55,8 @@ examples:
 
 
 def add_parser(subparsers) -> None:
+    from ..cli import int_at_least
+
     p = subparsers.add_parser(
         "preprocess",
         help="build a standardized training corpus from ARCHS4 / GDC / .h5ad inputs",
@@ -77,6 +84,13 @@ def add_parser(subparsers) -> None:
         nargs="+",
         metavar="GSM",
         help="ARCHS4: keep only these sample IDs (GEO accessions)",
+    )
+    g.add_argument(
+        "--archs4-layout",
+        choices=["auto", "genes-by-samples", "samples-by-genes"],
+        default="auto",
+        help="ARCHS4: orientation of data/expression (default: decided from the lengths of "
+        "meta/genes and meta/samples; a square matrix they cannot tell apart must be stated)",
     )
     g.add_argument(
         "--gdc", metavar="DIR", help="directory of GDC 'STAR - Counts' files (needs --sample-sheet)"
@@ -114,13 +128,29 @@ def add_parser(subparsers) -> None:
         help="gene reference TSV (default: the embedded protein-coding reference)",
     )
     o.add_argument(
+        "--lengths",
+        metavar="TSV",
+        help="gene lengths (bp) for TPM, columns gene_id and length (any biotype; e.g. from "
+        "`bulkformer genes lengths --gtf`): used for every source gene instead of the embedded "
+        "table",
+    )
+    o.add_argument(
+        "--fallback-length",
+        default="1000",
+        metavar="BP|none",
+        help="length given to reference genes that have none (default 1000); 'none' leaves "
+        "them out of the TPM denominator and marks them missing (logged, and counted in the "
+        "manifest's alignment report)",
+    )
+    o.add_argument(
         "--label",
         metavar="COL",
-        help="sample metadata column to keep as the label; splits are stratified by it",
+        help="sample metadata column to keep as the label; splits are stratified by it (GDC: "
+        "a sample sheet column such as 'Project ID' or 'Sample Type')",
     )
     o.add_argument(
         "--min-nonzero",
-        type=int,
+        type=int_at_least(0),
         default=None,
         metavar="N",
         help=f"QC: drop samples with fewer non-zero genes (default: {DEFAULT_MIN_NONZERO}; "
@@ -145,10 +175,12 @@ def add_parser(subparsers) -> None:
         metavar="i/n",
         help="write part i of n (sample ranges); join parts with `bulkformer merge`",
     )
-    o.add_argument("--threads", type=int, help="reader threads (default: all cores)")
+    o.add_argument(
+        "--threads", type=int_at_least(1), metavar="N", help="reader threads (default: all cores)"
+    )
     o.add_argument(
         "--block-size",
-        type=int,
+        type=int_at_least(1),
         default=512,
         metavar="N",
         help="samples per block; memory grows with it (default: 512)",
@@ -249,7 +281,7 @@ def open_sources(args) -> list:
     for f in args.archs4:
         from .archs4 import ARCHS4Source
 
-        sources.append(ARCHS4Source(f, **archs4_kw))
+        sources.append(ARCHS4Source(f, layout=args.archs4_layout, **archs4_kw))
     if archs4_kw and not args.archs4:
         raise ValueError("--search/--search-field/--samples select ARCHS4 samples: add --archs4")
     if args.gdc:
@@ -267,6 +299,22 @@ def open_sources(args) -> list:
     if not sources:
         raise ValueError("no input: give --archs4, --gdc, --h5ad or --demo (see --help)")
     return sources
+
+
+def resolve_label(sources, label: str | None) -> str | None:
+    """``--label`` as a column of every source's sample table: a GDC sample sheet column
+    (``"Project ID"``, as the GDC portal names it) is read from the column the GDC reader
+    stores it in (``cancer_type``)."""
+    if label is None:
+        return None
+    names = {getattr(s, "label_column", lambda x: x)(label) for s in sources}
+    names.discard(label)
+    if len(names) == 1:
+        new = names.pop()
+        if all(new in s.samples.columns for s in sources):
+            log.info("--label %r: the GDC sample sheet column, read as %r", label, new)
+            return new
+    return label
 
 
 def _add_durable(parser) -> None:
@@ -295,13 +343,17 @@ def run_preprocess(args) -> int:
     inputs = [*args.archs4, *args.h5ad, args.gdc, args.sample_sheet, args.reference, args.stats]
     check_out(args.out, args.overwrite, inputs)
     reference = GeneReference.from_tsv(args.reference) if args.reference else None
-    sources = open_sources(args)
+    from .lengths import parse_fallback, with_lengths
+
+    fallback = parse_fallback(args.fallback_length)
+    sources = with_lengths(open_sources(args), args.lengths, fallback)
+    label = resolve_label(sources, args.label)
     t0 = time.time()
     result = build_corpus(
         sources,
         args.out,
         reference,
-        label=args.label,
+        label=label,
         min_nonzero=min_nonzero,
         splits=splits,
         seed=args.seed,

@@ -55,8 +55,21 @@ _default_threads = 0
 _FILTER_IDS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle"}
 
 
-class EngineError(RuntimeError):
-    """A chunk could not be read or decoded (corrupt or truncated file)."""
+class EngineError(ValueError, RuntimeError):
+    """A chunk could not be read or decoded (corrupt or truncated file).
+
+    A ValueError (bad input: a build stops without offering to resume, since a rerun would
+    meet the same bytes) and, for callers that catch it as such, a RuntimeError.
+    """
+
+
+#: how far from an integer a count stored as a float may be (the rule of every reader)
+COUNT_TOLERANCE = 1e-3
+
+_DAMAGED = (
+    " — the input file is damaged (re-download or repair it): rerunning the same command "
+    "reads the same bytes and fails the same way"
+)
 
 
 def _C():
@@ -326,9 +339,14 @@ def clear_index_cache() -> None:
 
 
 def _threads(threads: int | None) -> int:
+    """Worker threads for the engine: 0 means all cores; a negative count is refused."""
+    what = "threads"
     if threads is None:
+        what = "the default thread count"
         threads = _default_threads
-    return max(0, int(threads))
+    if int(threads) < 0:
+        raise ValueError(f"{what}={threads}: expected an integer ≥ 0 (0 or None: all cores)")
+    return int(threads)
 
 
 def set_default_threads(threads: int | None) -> int:
@@ -337,7 +355,9 @@ def set_default_threads(threads: int | None) -> int:
     Returns the previous setting.
     """
     global _default_threads
-    prev, _default_threads = _default_threads, max(0, int(threads or 0))
+    if threads is not None and int(threads) < 0:
+        raise ValueError(f"threads={threads}: expected an integer ≥ 0 (0 or None: all cores)")
+    prev, _default_threads = _default_threads, int(threads or 0)
     return prev
 
 
@@ -495,7 +515,7 @@ def read_matrix(
             **kw,
         )
     except RuntimeError as e:
-        raise EngineError(str(e)) from None
+        raise EngineError(f"{e}{_DAMAGED}") from None
     return out, nonzero, total
 
 
@@ -512,19 +532,30 @@ def _read_h5py(C, ds, samples, transposed, lengths, kw, nonzero, total) -> None:
         sel = np.flatnonzero((sorted_s >= lo) & (sorted_s < hi))
         rows = order[sel]
         cols = sorted_s[sel] - lo
-        block = ds[lo:hi, :] if transposed else ds[:, lo:hi].T  # (width, genes)
+        try:
+            block = ds[lo:hi, :] if transposed else ds[:, lo:hi].T  # (width, genes)
+        except OSError as e:  # h5py/HDF5: a chunk that does not decode
+            raise EngineError(
+                f"{ds.file.filename}: {ds.name}: cannot read samples {lo}…{hi - 1} ({e}){_DAMAGED}"
+            ) from None
         counts = block[cols]
         if counts.dtype.kind == "u" and counts.dtype.itemsize <= 4:
             counts = np.ascontiguousarray(counts, dtype=np.uint32)
         else:
             counts = np.ascontiguousarray(counts, dtype=np.float64)
             bad = ~np.isfinite(counts) | (counts < 0)
+            what = "non-negative finite counts"
+            if not bad.any():  # counts are integers everywhere (within COUNT_TOLERANCE)
+                bad = np.abs(counts - np.rint(counts)) > COUNT_TOLERANCE
+                what = (
+                    "integer counts (within 1e-3); round estimated counts (RSEM, salmon, "
+                    "kallisto) before building"
+                )
             if bad.any():
                 r, g = np.argwhere(bad)[0]
                 raise ValueError(
                     f"{ds.file.filename}: {ds.name} holds an invalid count {float(counts[r, g])!r} "
-                    f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected non-negative "
-                    "finite counts"
+                    f"(sample {int(sorted_s[sel][r])}, gene {int(g)}); expected {what}"
                 )
         sub = dict(kw)
         sub["out"] = None if out is None else np.empty((len(rows), kw["n_out"]), out.dtype)
@@ -650,4 +681,4 @@ def inflate_only(
     try:
         return _C().inflate_only(**index._kw(), samples=samples, threads=_threads(threads))
     except RuntimeError as e:
-        raise EngineError(str(e)) from None
+        raise EngineError(f"{e}{_DAMAGED}") from None

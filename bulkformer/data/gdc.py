@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -92,7 +93,35 @@ def find_gdc_files(path: str | os.PathLike) -> list[str]:
 def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     """Read a GDC sample sheet (TSV); checks the columns bulkformer uses are present."""
     path = os.fspath(path)
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a directory; expected the GDC sample sheet TSV file")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    gz = head[:2] == b"\x1f\x8b"
+    if b"\0" in head and not gz:
+        raise ValueError(
+            f"{path}: binary data, not a sample sheet; expected the tab-separated text "
+            "gdc_sample_sheet.*.tsv from the GDC portal"
+        )
+    try:
+        df = pd.read_csv(
+            path,
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8-sig",
+            compression="gzip" if gz else None,
+        )
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected the tab-separated "
+            "GDC sample sheet"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as e:
+        raise ValueError(
+            f"{path}: not a tab-separated sample sheet ({one_line_error(e)}); expected columns "
+            f"{list(SHEET_COLUMNS)} …"
+        ) from None
     missing = [c for c in SHEET_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
@@ -106,6 +135,10 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
             f"{df['File Name'][dup].iloc[:3].tolist()}"
         )
     return df
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 _PAD = 32  # slack bytes after the data so fixed-width byte windows never run off the end
@@ -123,14 +156,24 @@ def _read_bytes(path: str) -> memoryview:
         n = f.readinto(memoryview(buf)[:size])
     if n != size:
         raise OSError(f"{path}: read {n} of {size} bytes (file changed while reading?)")
-    if buf[:2] == b"\x1f\x8b":
+    gz = buf[:2] == b"\x1f\x8b"
+    if gz:
         try:
             data = gzip.decompress(memoryview(buf)[:size])
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: corrupt gzip data ({e})") from e
         buf = bytearray(len(data) + _PAD)
         buf[: len(data)] = data
         size = len(data)
+    if size == 0:
+        raise ValueError(
+            f"{path}: empty file{' (after gunzip)' if gz else ''} (0 bytes); expected a GDC STAR "
+            "- Counts file (an interrupted download? fetch it again)"
+        )
+    if buf.find(b"\0", 0, min(size, 65536)) >= 0:
+        raise ValueError(
+            f"{path}: binary data (NUL bytes); expected a tab-separated GDC STAR - Counts text file"
+        )
     return memoryview(buf)[:size]
 
 
@@ -228,7 +271,7 @@ def _learn_layout(path: str, data: bytes, column: str):
     id_bytes = id_bytes.reshape(len(enc), width).copy()
     id_mask = np.where(np.arange(width) < lens[:, None], 0xFF, 0).astype(np.uint8)
     layout = _Layout(
-        header=lines[i].encode(),
+        header=lines[i].rstrip("\r").encode(),  # CRLF and LF files may be mixed
         skip_lines=i + 1,
         ncols=len(header),
         col=header.index(column),
@@ -260,6 +303,7 @@ def _parse_counts(path: str, data: bytes, lay: _Layout, column: str, row_names) 
             )
         last = bytes(buf[off:nxt])
         off = nxt + 1
+    last = last.rstrip(b"\r")
     if last != lay.header:
         hdr = last.decode(errors="replace").rstrip("\r").split("\t")
         if column not in hdr:
@@ -475,6 +519,17 @@ class GDCSource(ExpressionSource):
                 df[name] = rows[col].to_numpy()
         df.index = pd.Index(sid.to_numpy(), name="sample_id")
         return df
+
+    def label_column(self, name: str) -> str:
+        """The :attr:`samples` column holding sample sheet column ``name``: the sheet's own
+        names are accepted (``"Project ID"`` → ``cancer_type``, ``"Sample Type"`` →
+        ``sample_type``, …) as well as the column names themselves."""
+        if name in self._samples.columns:
+            return name
+        renamed = _SHEET_LABELS.get(name) or _SHEET_LABELS.get(
+            next((k for k in _SHEET_LABELS if k.lower() == name.lower()), "")
+        )
+        return renamed if renamed in self._samples.columns else name
 
     # ------------------------------------------------------------------ ExpressionSource
     @property

@@ -28,6 +28,7 @@ derived.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import functools
@@ -513,6 +514,10 @@ def gtf_gene_lengths(
 def union_length(gene_ids, seqnames, starts, ends) -> pd.Series:
     """Per gene, total bp covered by closed intervals ``[start, end]`` (overlaps merged).
 
+    Intervals on different sequences are not added up: a gene whose ID has exons on several
+    sequences (Ensembl names a PAR gene on chrX and chrY alike; GENCODE suffixes the Y copy with
+    ``_PAR_Y``, a gene of its own) gets the length of its longest sequence's union.
+
     Vectorized: sort by (gene, sequence, start), open a new block wherever a start exceeds the
     running maximum end of the earlier intervals of the same (gene, sequence), and sum the block
     spans. Returns float64 lengths indexed by gene ID, sorted.
@@ -532,13 +537,20 @@ def union_length(gene_ids, seqnames, starts, ends) -> pd.Series:
     b_end = np.maximum.reduceat(en, np.flatnonzero(new_block))
     b_gene = g[new_block]
     span = (b_end - b_start + 1).astype(np.float64)
-    total = np.bincount(b_gene, weights=span, minlength=len(g_uniq))
+    # per (gene, sequence), then the longest sequence's: a gene ID annotated on two sequences
+    # (Ensembl's PAR genes, on X and Y under one ID) is one gene, not twice as long
+    b_group = group[new_block] - 1
+    per_group = np.bincount(b_group, weights=span)
+    gene_of_group = np.zeros(len(per_group), dtype=np.int64)
+    gene_of_group[b_group] = b_gene
+    total = np.zeros(len(g_uniq), dtype=np.float64)
+    np.maximum.at(total, gene_of_group, per_group)
     return pd.Series(total, index=pd.Index(g_uniq, name="gene_id"), name="length")
 
 
 # ---------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
-    """Register ``bulkformer genes build`` and ``bulkformer genes info``."""
+    """Register ``bulkformer genes build``, ``genes lengths`` and ``genes info``."""
     p = subparsers.add_parser("genes", help="build or inspect a gene reference")
     sub = p.add_subparsers(dest="genes_command", metavar="ACTION")
     b = sub.add_parser(
@@ -553,6 +565,22 @@ def add_parser(subparsers) -> None:
     b.add_argument("--biotype", default="protein_coding", help="gene biotype to keep")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     b.set_defaults(func=_cmd_build)
+    ln = sub.add_parser(
+        "lengths",
+        help="union-of-exons length of every gene in a GTF (for preprocess --lengths)",
+        description="Write gene_id/length (bp) for every gene of a GTF (GENCODE or Ensembl, "
+        "any biotype): all exon lines of a gene, merged where they overlap, summed. Versioned "
+        "IDs are stripped; GENCODE's _PAR_Y copies stay genes of their own, and a gene ID "
+        "annotated on two sequences (Ensembl's PAR genes) is not counted twice.",
+        epilog="example:\n  bulkformer genes lengths --gtf gencode.v36.annotation.gtf.gz "
+        "--out lengths.tsv\n  bulkformer preprocess --gdc gdc/ --sample-sheet sheet.tsv "
+        "--lengths lengths.tsv --out corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ln.add_argument("--gtf", required=True, help="GTF (.gtf or .gtf.gz)")
+    ln.add_argument("--out", required=True, help="output TSV (.tsv or .tsv.gz), written atomically")
+    ln.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    ln.set_defaults(func=_cmd_lengths)
     i = sub.add_parser("info", help="summarize a gene reference (default: the bundled one)")
     i.add_argument("ref", nargs="?", help="reference TSV; omitted = bundled default")
     i.set_defaults(func=_cmd_info)
@@ -566,6 +594,29 @@ def _cmd_build(args) -> int:
     ref.to_tsv(args.out)
     n_len = int(np.isfinite(ref.lengths).sum())
     print(f"wrote {args.out}: {len(ref):,} genes, {n_len:,} with a length, id {ref.id}")
+    return 0
+
+
+def _cmd_lengths(args) -> int:
+    from .lengths import write_lengths_tsv
+
+    if os.path.exists(args.out) and not args.force:
+        raise FileExistsError(f"{args.out} exists (use --force to overwrite)")
+    if os.path.abspath(args.out) == os.path.abspath(args.gtf):
+        raise ValueError(f"--out {args.out} is the input GTF")
+    lengths = gtf_gene_lengths(args.gtf)
+    prov = {
+        "source": "bulkformer genes lengths (union of each gene's GTF exons, bp)",
+        "gtf_file": f"{os.path.basename(args.gtf)} ({os.path.getsize(args.gtf):,} bytes)",
+        "n_genes": len(lengths),
+    }
+    write_lengths_tsv(lengths, args.out, prov)
+    n_par = int(pd.Index(lengths.index).str.endswith("_PAR_Y").sum())
+    print(
+        f"wrote {args.out}: {len(lengths):,} genes (median {np.median(lengths):,.0f} bp"
+        + (f", {n_par} _PAR_Y copies" if n_par else "")
+        + ")"
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ layer / gene-column handling and messages, over an :class:`~bulkformer.data.arra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -47,6 +48,35 @@ def _sparse_dataset(node):
     except ImportError:  # anndata < 0.11
         from anndata.experimental import sparse_dataset
     return sparse_dataset(node)
+
+
+def open_h5(path: str) -> h5py.File:
+    """``h5py.File(path, "r")`` whose failure names the file and, when the cause is a file lock,
+    says what to do about it."""
+    from .archs4_checks import lock_hint
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(
+            f"{path}: cannot open as HDF5 ({e}){lock_hint(e) or '; expected an .h5ad file'}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _naming_errors(path: str, what: str):
+    """Failures of h5py/anndata while reading ``what`` of a damaged or unusual file, as a
+    ValueError naming the file (messages that already name it pass as they are)."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, ValueError) and path in str(e):
+            raise
+        text = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+        raise ValueError(
+            f"{path}: cannot read {what} ({type(e).__name__}: {text[:300]}); expected an AnnData "
+            ".h5ad file (damaged, or written by an incompatible tool?)"
+        ) from e
 
 
 def matrix_key(where: str, layers, layer: str | None, has_x: bool = True) -> str:
@@ -148,7 +178,7 @@ class H5ADSource(ExpressionSource):
         self.layer = layer
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such .h5ad file")
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f, _naming_errors(self.path, "obs/var/X (AnnData layout)"):
             for key in ("obs", "var"):
                 if key not in f:
                     raise ValueError(f"{self.path}: no '{key}' group — not an AnnData .h5ad file")
@@ -241,17 +271,18 @@ class H5ADSource(ExpressionSource):
         if len(rows) == 0:
             return np.zeros((0, len(self._gene_ids)))
         if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        node = self._file[self._elem]
+            self._file = open_h5(self.path)
         uniq, inv = np.unique(rows, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         contiguous = hi - lo == len(uniq)
-        if self._encoding == "dense":
-            x = node[lo:hi] if contiguous else node[uniq]
-        else:
-            ds = _sparse_dataset(node)
-            x = ds[lo:hi] if contiguous else ds[uniq]
-            x = x.toarray()
+        with _naming_errors(self.path, f"{self._elem} rows {lo}…{hi - 1}"):
+            node = self._file[self._elem]
+            if self._encoding == "dense":
+                x = node[lo:hi] if contiguous else node[uniq]
+            else:
+                ds = _sparse_dataset(node)
+                x = ds[lo:hi] if contiguous else ds[uniq]
+                x = x.toarray()
         return np.asarray(x)[inv]
 
     def close(self) -> None:

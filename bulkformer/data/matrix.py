@@ -80,13 +80,15 @@ def check_values(x: np.ndarray, values: str, where: str, sample_ids: Sequence | 
                 f"{_name(sample_ids, r)}, gene column {c}: expected non-negative {values}"
             )
     if values == "counts" and x.dtype.kind == "f":
-        frac = x != np.floor(x)
+        frac = np.abs(x - np.rint(x)) > engine.COUNT_TOLERANCE
         if frac.any():
             r, c = np.argwhere(frac)[0]
             raise ValueError(
                 f"{where}: {int(frac.sum())} non-integer value(s), first {x[r, c]!r} at "
-                f"{_name(sample_ids, r)}, gene column {c}: expected raw counts — if the matrix "
-                "holds TPM or log1p(TPM) say so (values='tpm' / 'log1p_tpm', --values)"
+                f"{_name(sample_ids, r)}, gene column {c}: expected raw integer counts (within "
+                f"{engine.COUNT_TOLERANCE:g}) — round estimated counts (RSEM, salmon, kallisto) "
+                "first; if the matrix holds TPM or log1p(TPM) say so (values='tpm' / "
+                "'log1p_tpm', --values)"
             )
     cap = {"tpm": (MAX_TPM, "1e6"), "log1p_tpm": (MAX_LOG1P_TPM, "ln(1e6 + 1) = 13.8155")}
     if values in cap:
@@ -102,6 +104,16 @@ def check_values(x: np.ndarray, values: str, where: str, sample_ids: Sequence | 
             raise ValueError(
                 f"{where}: {int(big.sum())} value(s) above {text}, first {x[r, c]!r} at "
                 f"{_name(sample_ids, r)}, gene column {c}: expected {values} ≤ {text}{hint}"
+            )
+        xf = np.asarray(x, dtype=np.float64)
+        total = (np.expm1(xf) if values == "log1p_tpm" else xf).sum(axis=1)
+        over = total > 1e6 * 1.01  # TPM sums to 1e6 over all genes, less over a subset
+        if over.any():
+            r = int(np.flatnonzero(over)[0])
+            raise ValueError(
+                f"{where}: {int(over.sum())} sample(s) whose TPM add up to more than 1e6, first "
+                f"{_name(sample_ids, r)} with {total[r]:.4g}: expected {values} (TPM sum to 1e6 "
+                "per sample) — is the matrix another unit (FPKM, CPM of a subset, counts)?"
             )
 
 

@@ -1,6 +1,7 @@
 """ESM2 gene identity embeddings aligned to the gene reference.
 
-One protein per gene (longest, or the ``Ensembl_canonical`` transcript's with a GTF) is embedded
+One protein per gene (longest, or the ``Ensembl_canonical`` transcript's with a GTF; UniProt
+FASTA mapped by gene symbol or an accession table, reviewed entries first) is embedded
 with ESM2 and mean-pooled over residues; the (G, d_esm) matrix is written as safetensors with the
 reference id, and read back with :func:`load_esm_matrix`::
 
@@ -29,16 +30,22 @@ from ._genes import embed_genes
 from ._matrix import align_embedding_table, load_esm_matrix, save_esm_matrix
 from ._proteins import (
     GeneProteins,
+    ProteinMapping,
     choose_proteins,
     clean_sequence,
+    map_uniprot,
     read_canonical_transcripts,
+    read_mapping_table,
     read_pep_fasta,
+    read_proteins,
+    read_uniprot_fasta,
 )
 
 __all__ = [
     "ESM2_MODELS",
     "EmbeddingCache",
     "GeneProteins",
+    "ProteinMapping",
     "ProteinEmbedder",
     "add_parser",
     "align_embedding_table",
@@ -49,8 +56,12 @@ __all__ = [
     "esm2_representation",
     "load_esm2",
     "load_esm_matrix",
+    "map_uniprot",
     "plan_windows",
     "read_canonical_transcripts",
+    "read_mapping_table",
     "read_pep_fasta",
+    "read_proteins",
+    "read_uniprot_fasta",
     "save_esm_matrix",
 ]

@@ -16,7 +16,19 @@ def add_parser(subparsers) -> None:
         "write a safetensors matrix aligned to the gene reference. Resumable: rerun the same "
         "command after an interruption.",
     )
-    p.add_argument("--pep", required=True, help="Ensembl pep FASTA (.fa or .fa.gz)")
+    p.add_argument(
+        "--pep",
+        required=True,
+        metavar="FASTA",
+        help="Ensembl pep FASTA, or UniProt/Swiss-Prot FASTA (>sp|P04637|P53_HUMAN … GN=TP53 …) "
+        "mapped to genes by --mapping or by gene symbol (.fa or .fa.gz)",
+    )
+    p.add_argument(
+        "--mapping",
+        metavar="TSV",
+        help="UniProt FASTA: accession → gene_id table (columns accession, gene_id); default: "
+        "match GN= symbols to the reference's symbols",
+    )
     p.add_argument(
         "--model",
         default="esm2_t33_650M_UR50D",
@@ -79,12 +91,15 @@ def run_embed(args: argparse.Namespace) -> int:
         out=args.out,
         keep_cache=args.keep_cache,
         progress=not args.no_progress,
+        mapping=args.mapping,
     )
     print(
         f"{args.out}: {meta['n_genes']} genes × {meta['dim']} ({meta['model']}, layer "
         f"{meta['layer']}, {meta['protein_choice']} protein), {int(has.sum())} with protein, "
         f"{int((~has).sum())} without; reference {meta['reference_id']}"
     )
+    if meta.get("protein_mapping"):
+        print(f"  UniProt: {meta['protein_mapping']}")
     return 0
 
 

@@ -83,9 +83,10 @@ def load_esm2(name_or_path: str | os.PathLike):
 
     Notes
     -----
-    Checkpoints are read with ``torch.load(map_location="cpu")`` and the default
-    ``weights_only=True``, allowing only ``argparse.Namespace`` (which fair-esm checkpoints
-    pickle) inside a ``torch.serialization.safe_globals`` context. Contact-regression weights
+    Checkpoints (local files, the torch hub cache and downloads) are read with
+    ``torch.load(map_location="cpu", weights_only=True)``, allowing only ``argparse.Namespace``
+    (which fair-esm checkpoints pickle): a file holding other pickled objects is refused and
+    never runs code (see :func:`_load_plain`). Contact-regression weights
     are not needed for embeddings and are not loaded.
     """
     import torch
@@ -93,8 +94,7 @@ def load_esm2(name_or_path: str | os.PathLike):
     p = Path(os.fspath(name_or_path))
     if p.is_file():
         try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                data = torch.load(str(p), map_location="cpu")
+            data = _load_plain(str(p))
         except Exception as e:
             raise ValueError(
                 f"{p}: cannot be read as a fair-esm checkpoint ({type(e).__name__}: "
@@ -109,20 +109,45 @@ def load_esm2(name_or_path: str | os.PathLike):
             f"--model {name!r} is neither an existing file nor a known ESM2 model; expected a "
             f"checkpoint path or one of {sorted(ESM2_MODELS)}"
         )
-    import esm
-
     url = f"https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints", f"{name}.pt")
     try:  # the torch hub cache is used when the file is there; no contact-regression download
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = esm.pretrained.load_hub_workaround(url)
+        if os.path.isfile(hub):
+            data = _load_plain(hub)
+        else:
+            data = _load_plain(url, url=True)
     except Exception as e:
-        hub = os.path.join(torch.hub.get_dir(), "checkpoints", f"{name}.pt")
         raise ValueError(
             f"could not load ESM2 model {name!r} ({type(e).__name__}: {e}); without internet "
             f"place {name}.pt at {hub} or pass its path to --model"
         ) from e
     model, alphabet = _esm2_from_checkpoint(data, f"{name} ({url})")
     return model, alphabet, name
+
+
+def _load_plain(path: str, *, url: bool = False):
+    """``torch.load(path, weights_only=True)`` (or a download of the URL ``path`` into the
+    torch hub cache) allowing ``argparse.Namespace`` besides tensors and plain containers.
+
+    torch >= 2.5 scopes the allowance to this call (``safe_globals``); torch 2.4 has only the
+    process-wide ``add_safe_globals``. ``weights_only=True`` is passed explicitly: before
+    torch 2.6 the default was full unpickling (``torch.hub.load_state_dict_from_url`` still
+    defaults to it).
+    """
+    import torch
+
+    ser = torch.serialization
+    if hasattr(ser, "safe_globals"):
+        ctx = ser.safe_globals([argparse.Namespace])
+    else:  # torch 2.4
+        ser.add_safe_globals([argparse.Namespace])
+        ctx = contextlib.nullcontext()
+    with ctx:
+        if url:
+            return torch.hub.load_state_dict_from_url(
+                path, progress=False, map_location="cpu", weights_only=True
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _esm2_from_checkpoint(data, where: str):

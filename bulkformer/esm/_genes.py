@@ -12,7 +12,7 @@ from ..data.genes import GeneReference
 from ._cache import EmbeddingCache
 from ._embed import ProteinEmbedder, load_esm2
 from ._matrix import matrix_metadata, save_esm_matrix
-from ._proteins import choose_proteins, read_canonical_transcripts, read_pep_fasta
+from ._proteins import choose_proteins, read_canonical_transcripts, read_proteins
 
 __all__ = ["default_reference", "embed_genes"]
 
@@ -47,6 +47,7 @@ def embed_genes(
     keep_cache: bool = False,
     model_name: str | None = None,
     progress: bool = True,
+    mapping=None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """ESM2 mean-pooled protein embedding of every gene of a reference.
@@ -54,7 +55,9 @@ def embed_genes(
     Parameters
     ----------
     pep
-        Ensembl peptide FASTA (``Homo_sapiens.GRCh38.pep.all.fa[.gz]``).
+        Ensembl peptide FASTA (``Homo_sapiens.GRCh38.pep.all.fa[.gz]``) or UniProt FASTA
+        (``>sp|P04637|P53_HUMAN … GN=TP53 …``; mapped to genes by ``mapping`` or by symbol, see
+        :mod:`bulkformer.esm._proteins`).
     model
         A fair-esm ESM2 name (``"esm2_t33_650M_UR50D"``), a local ESM2 checkpoint path, or an
         in-memory ``esm.model.esm2.ESM2`` (then ``alphabet`` defaults to ``model.alphabet``).
@@ -78,6 +81,9 @@ def embed_genes(
         Show a progress bar.
     on_batch
         Called as ``on_batch(i, n_batches)`` after each batch is cached.
+    mapping
+        UniProt FASTA only: accession → gene_id table (path or DataFrame with columns
+        ``accession``, ``gene_id``); default: match ``GN=`` symbols to the reference.
 
     Returns
     -------
@@ -92,7 +98,10 @@ def embed_genes(
         reference = default_reference()
     pep = os.fspath(pep)
     # read inputs before loading a large model, so bad input fails fast
-    proteins = read_pep_fasta(pep)
+    proteins, mapping_report = read_proteins(pep, reference, mapping=mapping)
+    if gtf is not None and mapping_report is not None:
+        logger.warning("%s: UniProt proteins have no Ensembl transcripts; --gtf ignored", pep)
+        gtf = None
     canonical = read_canonical_transcripts(gtf) if gtf is not None else None
     chosen = choose_proteins(proteins, reference, canonical=canonical, source=pep)
 
@@ -134,6 +143,13 @@ def embed_genes(
         "precision": emb_er.precision,
         "model_fingerprint": emb_er.fingerprint,
     }
+    if mapping_report is not None:
+        meta["protein_mapping"] = mapping_report.summary()
+        meta["mapping"] = (
+            os.path.basename(os.fspath(mapping))
+            if isinstance(mapping, (str, os.PathLike))
+            else ("table" if mapping is not None else "")
+        )
     if out is not None:
         meta = save_esm_matrix(out, emb, chosen.has_protein, reference, meta)
         if not keep_cache:

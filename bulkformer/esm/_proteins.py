@@ -1,4 +1,18 @@
-"""Proteins per gene: Ensembl pep FASTA, canonical transcripts from a GTF, one protein per gene.
+"""Proteins per gene: Ensembl pep or UniProt FASTA, canonical transcripts from a GTF, one
+protein per gene.
+
+Two FASTA dialects are read (:func:`read_proteins` tells them apart by the first header):
+
+- Ensembl pep (``>ENSP… pep … gene:ENSG… transcript:ENST… gene_symbol:TP53 …``): proteins
+  carry their gene ID; with a GTF the ``Ensembl_canonical`` transcript's protein is chosen,
+  else the longest.
+- UniProt / Swiss-Prot (``>sp|P04637|P53_HUMAN Cellular tumor antigen p53 OS=Homo sapiens
+  OX=9606 GN=TP53 PE=1 SV=4``, ``tr|`` for TrEMBL): proteins are mapped to reference genes by a
+  user table (accession → gene_id) when given, else by gene symbol (``GN=``) against the
+  reference's symbols (exact, then case-insensitive; symbols several reference genes share are
+  not used). Several proteins of one gene: the reviewed (``sp``) entry first, then the canonical
+  entry (accession without an isoform suffix ``-N``), then the longest, then the smallest
+  accession. Coverage and the ambiguous cases are reported (:class:`ProteinMapping`).
 
 Residue policy (applied to the chosen protein of each gene only):
 
@@ -13,6 +27,7 @@ Residue policy (applied to the chosen protein of each gene only):
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 import os
@@ -28,10 +43,16 @@ from ..data.genes import GeneReference, strip_version
 __all__ = [
     "ESM_RESIDUES",
     "GeneProteins",
+    "ProteinMapping",
     "choose_proteins",
     "clean_sequence",
+    "fasta_format",
+    "map_uniprot",
     "read_canonical_transcripts",
+    "read_mapping_table",
     "read_pep_fasta",
+    "read_proteins",
+    "read_uniprot_fasta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +76,274 @@ def _open_text(path: str | os.PathLike):
     if magic == b"\x1f\x8b":
         return gzip.open(path, "rt")
     return open(path)
+
+
+_UNIPROT_RE = re.compile(r"^(sp|tr)\|([^|\s]+)\|(\S+)")
+_GN_RE = re.compile(r"\bGN=(\S+)")
+
+
+def fasta_format(path: str | os.PathLike) -> str:
+    """``"uniprot"`` when the first header is UniProt's (``>sp|ACC|NAME …``), else ``"ensembl"``."""
+    path = os.fspath(path)
+    try:
+        with _open_text(path) as f:
+            for line in f:
+                if line.strip():
+                    return "uniprot" if _UNIPROT_RE.match(line.lstrip(">").strip()) else "ensembl"
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{path}: no such FASTA file") from None
+        raise ValueError(f"{path}: cannot be read as a (gzipped) FASTA text file: {e}") from None
+    return "ensembl"
+
+
+def read_uniprot_fasta(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a UniProt FASTA (``uniprot_sprot.fasta``, a proteome ``UP000005640_9606.fasta``, …).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per record (P rows): ``protein_id`` (accession, isoform suffix kept),
+        ``entry_name``, ``symbol`` (``GN=``, '' when absent), ``reviewed`` (``sp``),
+        ``isoform`` (accession with ``-N``), ``sequence`` (upper-cased, not yet cleaned) and
+        ``length``.
+
+    Raises
+    ------
+    ValueError
+        Not FASTA, no records, a record whose header is not UniProt's, an accession repeated.
+    """
+    from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+    path = os.fspath(path)
+    rows = []
+    try:
+        with _open_text(path) as handle:
+            for title, seq in SimpleFastaParser(handle):
+                m = _UNIPROT_RE.match(title)
+                if m is None:
+                    raise ValueError(
+                        f"{path}: FASTA record {title[:120]!r} is not a UniProt header; expected "
+                        "'>sp|P04637|P53_HUMAN … GN=TP53 …' in every record (one dialect per file)"
+                    )
+                gn = _GN_RE.search(title)
+                acc = m.group(2)
+                rows.append(
+                    (acc, m.group(3), gn.group(1) if gn else "", m.group(1) == "sp",
+                     bool(re.search(r"-\d+$", acc)), seq.upper())
+                )  # fmt: skip
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}: cannot be read as a (gzipped) FASTA text file: {e}") from e
+    except ValueError as e:
+        if str(e).startswith(path):
+            raise
+        raise ValueError(f"{path}: not a FASTA file ({str(e).splitlines()[0]})") from e
+    if not rows:
+        raise ValueError(f"{path}: no FASTA records found (empty file?)")
+    df = pd.DataFrame(
+        rows, columns=["protein_id", "entry_name", "symbol", "reviewed", "isoform", "sequence"]
+    )
+    dup = df["protein_id"].duplicated()
+    if dup.any():
+        raise ValueError(
+            f"{path}: accession {df['protein_id'][dup].iloc[0]!r} appears in several records; "
+            "expected one record per UniProt accession"
+        )
+    df["length"] = df["sequence"].str.rstrip("*").str.len().astype(np.int64)
+    logger.info(
+        "%s: %d UniProt proteins (%d reviewed, %d with GN=)",
+        path,
+        len(df),
+        int(df["reviewed"].sum()),
+        int((df["symbol"] != "").sum()),
+    )
+    return df
+
+
+def read_mapping_table(path: str | os.PathLike) -> pd.DataFrame:
+    """An accession → gene table (TSV/CSV): columns ``accession`` (or ``uniprot``,
+    ``protein_id``, ``From``) and ``gene_id`` (or ``ensembl_gene_id``, ``To``); without such a
+    header, the first two columns. Gene IDs lose their version; an accession may map to several
+    genes (each gets the protein)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such mapping file")
+    try:
+        with _open_text(path) as f:
+            first = f.readline()
+        sep = "\t" if "\t" in first else ","
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as e:
+        raise ValueError(
+            f"{path}: not a readable TSV/CSV mapping table ({' '.join(str(e).split())[:200]}); "
+            "expected columns accession and gene_id"
+        ) from None
+    cols = {c.strip().lower(): c for c in df.columns}
+    acc = next((cols[c] for c in ("accession", "uniprot", "uniprot_accession", "protein_id",
+                                  "from", "entry") if c in cols), None)  # fmt: skip
+    gid = next(
+        (cols[c] for c in ("gene_id", "ensembl_gene_id", "ensembl", "to") if c in cols), None
+    )
+    if acc is None or gid is None:
+        if len(df.columns) < 2:
+            raise ValueError(
+                f"{path}: {len(df.columns)} column(s) {list(df.columns)}; expected accession and "
+                "gene_id (tab- or comma-separated)"
+            )
+        acc, gid = acc or df.columns[0], gid or df.columns[1]
+    out = pd.DataFrame(
+        {"accession": df[acc].str.strip(), "gene_id": strip_version(df[gid].str.strip())}
+    )
+    out = out[(out["accession"] != "") & (out["gene_id"] != "")].drop_duplicates()
+    if out.empty:
+        raise ValueError(f"{path}: no accession → gene_id rows (columns {acc!r}, {gid!r})")
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ProteinMapping:
+    """How UniProt proteins reached reference genes.
+
+    Attributes
+    ----------
+    method : ``"mapping table"`` or ``"gene symbol (GN=)"``.
+    n_proteins, n_mapped_proteins : records read, and those that reached a reference gene.
+    n_genes, n_covered : reference genes, and those with at least one protein.
+    multi_protein_genes : dict gene_id → candidate accessions (several proteins for one gene;
+        the choice rule of the module docstring picks one).
+    ambiguous_symbols : dict symbol → reference gene IDs that share it (not used for mapping).
+    """
+
+    method: str
+    n_proteins: int
+    n_mapped_proteins: int
+    n_genes: int
+    n_covered: int
+    multi_protein_genes: dict
+    ambiguous_symbols: dict
+
+    def summary(self, limit: int = 8) -> str:
+        amb = sorted(self.ambiguous_symbols)
+        multi = sorted(self.multi_protein_genes)
+        txt = (
+            f"mapped by {self.method}: {self.n_mapped_proteins:,} of {self.n_proteins:,} "
+            f"proteins reach a reference gene; {self.n_covered:,} of {self.n_genes:,} genes "
+            f"({100 * self.n_covered / max(self.n_genes, 1):.1f}%) have a protein; "
+            f"{len(multi):,} genes had several proteins (chosen: reviewed > canonical > longest "
+            "> accession)"
+        )
+        if multi:
+            txt += " e.g. " + ", ".join(
+                f"{g} [{' '.join(self.multi_protein_genes[g][:3])}]" for g in multi[:3]
+            )
+        if amb:
+            txt += (
+                f"; {len(amb)} ambiguous symbol(s) shared by several reference genes, not used: "
+                + ", ".join(amb[:limit])
+                + (" …" if len(amb) > limit else "")
+            )
+        return txt
+
+
+def map_uniprot(
+    proteins: pd.DataFrame,
+    reference: GeneReference,
+    *,
+    mapping: pd.DataFrame | None = None,
+    source: str = "FASTA",
+    mapping_name: str = "the mapping table",
+) -> tuple[pd.DataFrame, ProteinMapping]:
+    """Give UniProt proteins (:func:`read_uniprot_fasta`) the reference genes they belong to.
+
+    Returns the table with ``gene_id``, ``transcript_id`` ('') and ``rank`` (choice order:
+    0 reviewed canonical, 1 reviewed isoform, 2 unreviewed canonical, 3 unreviewed isoform)
+    columns, one row per (protein, gene) pair that reached the reference, and the
+    :class:`ProteinMapping` report.
+    """
+    df = proteins.copy()
+    ambiguous: dict = {}
+    if mapping is not None:
+        method = "mapping table"
+        base = df["protein_id"].str.replace(r"-\d+$", "", regex=True)
+        exact = df[["protein_id"]].merge(
+            mapping, left_on="protein_id", right_on="accession", how="inner"
+        )
+        hit = set(exact["protein_id"])
+        rest = df.loc[~df["protein_id"].isin(hit), ["protein_id"]].assign(accession=base)
+        by_base = rest.merge(mapping, on="accession", how="inner")
+        pairs = pd.concat([exact, by_base], ignore_index=True)[["protein_id", "gene_id"]]
+    else:
+        method = "gene symbol (GN=)"
+        sym = pd.Series(reference.symbols, dtype=object).fillna("").astype(str)
+        counts = sym[sym != ""].value_counts()
+        for s_ in counts.index[counts > 1]:
+            ambiguous[s_] = reference.gene_ids[(sym == s_).to_numpy()].tolist()
+        uniq = sym[(sym != "") & ~sym.isin(list(ambiguous))]
+        exact = pd.Series(reference.gene_ids[uniq.index.to_numpy()], index=uniq.to_numpy())
+        upper = uniq.str.upper()
+        upper_ok = ~upper.duplicated(keep=False)
+        loose = pd.Series(
+            reference.gene_ids[uniq.index.to_numpy()[upper_ok.to_numpy()]],
+            index=upper[upper_ok].to_numpy(),
+        )
+        gid = df["symbol"].map(exact)
+        gid = gid.where(gid.notna(), df["symbol"].str.upper().map(loose))
+        pairs = pd.DataFrame({"protein_id": df["protein_id"], "gene_id": gid}).dropna()
+        used_amb = sorted(set(df["symbol"]) & set(ambiguous))
+        ambiguous = {k: ambiguous[k] for k in used_amb}
+    pairs = pairs[pairs["gene_id"].isin(set(reference.gene_ids.tolist()))]
+    out = df.merge(pairs, on="protein_id", how="inner")
+    out["transcript_id"] = ""
+    out["rank"] = 2 * (~out["reviewed"]).astype(int) + out["isoform"].astype(int)
+    per_gene = out.groupby("gene_id")["protein_id"].agg(list)
+    multi = {g: sorted(v) for g, v in per_gene.items() if len(v) > 1}
+    report = ProteinMapping(
+        method=method,
+        n_proteins=len(df),
+        n_mapped_proteins=int(out["protein_id"].nunique()),
+        n_genes=len(reference),
+        n_covered=int(per_gene.shape[0]),
+        multi_protein_genes=multi,
+        ambiguous_symbols=ambiguous,
+    )
+    if out.empty:
+        ex = df["symbol"][df["symbol"] != ""].head(3).tolist()
+        raise ValueError(
+            f"{source}: none of its {len(df):,} UniProt proteins maps to a gene of reference "
+            f"{reference.id} by {method} (GN= symbols e.g. {ex}, reference symbols e.g. "
+            f"{reference.symbols[:3].tolist()}); "
+            + (
+                f"check that the accessions and Ensembl gene IDs of {mapping_name} are those "
+                "of this FASTA and reference"
+                if mapping is not None
+                else "give --mapping ACCESSION_TO_GENE.tsv, or use the proteome of the "
+                "reference's species"
+            )
+        )
+    logger.info("%s: %s", source, report.summary())
+    return out, report
+
+
+def read_proteins(
+    path: str | os.PathLike,
+    reference: GeneReference,
+    *,
+    mapping: str | os.PathLike | pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, ProteinMapping | None]:
+    """Proteins of either FASTA dialect with their reference ``gene_id``, ready for
+    :func:`choose_proteins`; the mapping report for UniProt (``None`` for Ensembl)."""
+    path = os.fspath(path)
+    if fasta_format(path) == "ensembl":
+        if mapping is not None:
+            logger.warning("%s: an Ensembl pep FASTA carries its gene IDs; --mapping ignored", path)
+        return read_pep_fasta(path), None
+    table = mapping
+    if mapping is not None and not isinstance(mapping, pd.DataFrame):
+        table = read_mapping_table(mapping)
+    name = os.fspath(mapping) if isinstance(mapping, (str, os.PathLike)) else "the mapping table"
+    return map_uniprot(
+        read_uniprot_fasta(path), reference, mapping=table, source=path, mapping_name=name
+    )
 
 
 def read_pep_fasta(path: str | os.PathLike) -> pd.DataFrame:
@@ -90,7 +379,8 @@ def read_pep_fasta(path: str | os.PathLike) -> pd.DataFrame:
                     raise ValueError(
                         f"{path}: FASTA record {rec.id!r} has header {rec.description[:120]!r} "
                         f"without Ensembl 'gene:' and 'transcript:' fields; expected an Ensembl "
-                        f"pep FASTA header like {_EXPECTED_HEADER!r}"
+                        f"pep FASTA header like {_EXPECTED_HEADER!r} (or, in every record, a "
+                        "UniProt header like '>sp|P04637|P53_HUMAN … GN=TP53 …')"
                     )
                 rows.append(
                     (
@@ -111,7 +401,7 @@ def read_pep_fasta(path: str | os.PathLike) -> pd.DataFrame:
     if not rows:
         raise ValueError(
             f"{path}: no FASTA records found (empty file?); expected an Ensembl pep FASTA "
-            f"such as Homo_sapiens.GRCh38.pep.all.fa.gz"
+            f"such as Homo_sapiens.GRCh38.pep.all.fa.gz, or a UniProt FASTA"
         )
     df = pd.DataFrame(
         rows, columns=["protein_id", "gene_id", "transcript_id", "symbol", "biotype", "sequence"]
@@ -225,7 +515,8 @@ class GeneProteins:
         Chosen protein ID (``''`` where none).
     has_protein : numpy.ndarray of bool, shape (G,)
     choice : str
-        ``"longest"`` or ``"canonical"`` (with fallback to longest).
+        ``"longest"``, ``"canonical"`` (with fallback to longest) or, for UniProt proteins,
+        ``"uniprot (reviewed > canonical > longest)"``.
     n_canonical : int
         Genes whose protein came from an ``Ensembl_canonical`` transcript.
     """
@@ -249,7 +540,8 @@ def choose_proteins(
     Parameters
     ----------
     proteins
-        Table from :func:`read_pep_fasta`.
+        Table from :func:`read_pep_fasta` (or :func:`read_proteins`, which also maps UniProt
+        proteins; their ``rank`` column orders reviewed before unreviewed entries).
     reference
         The gene reference (G genes) defining the output order.
     canonical
@@ -280,8 +572,11 @@ def choose_proteins(
     df["is_canonical"] = (
         df["transcript_id"].isin(canonical) if canonical else np.zeros(len(df), dtype=bool)
     )
+    if "rank" not in df.columns:  # Ensembl pep: no UniProt review status
+        df["rank"] = 0
     df = df.sort_values(
-        ["gene_id", "is_canonical", "length", "protein_id"], ascending=[True, False, False, True]
+        ["gene_id", "is_canonical", "rank", "length", "protein_id"],
+        ascending=[True, False, True, False, True],
     )
     best = df.drop_duplicates("gene_id", keep="first").set_index("gene_id")
     g = len(reference)
@@ -311,6 +606,8 @@ def choose_proteins(
             n_canon,
             int(has.sum()) - n_canon,
         )
-    return GeneProteins(
-        seqs, pids, has, "canonical" if canonical is not None else "longest", n_canon
-    )
+    if "reviewed" in proteins.columns:
+        choice = "uniprot (reviewed > canonical > longest)"
+    else:
+        choice = "canonical" if canonical is not None else "longest"
+    return GeneProteins(seqs, pids, has, choice, n_canon)

@@ -12,8 +12,10 @@ log = logging.getLogger(__name__)
 DEMO_EPILOG = """\
 what it does (each step timed):
   preprocess the data → keep the N most variable genes → pretrain a small BulkFormer →
-  embed → linear probe and fine-tuning vs logistic regression / PCA baselines (same folds) →
-  imputation vs gene-mean and kNN → UMAP / t-SNE → Markdown + HTML report in OUT/report
+  embed → linear probe, random forest and fine-tuning (early stopping) vs logistic
+  regression / PCA / random-forest baselines (same folds) → imputation vs gene mean, kNN and a
+  PCA imputer (same masked positions) → 3 seeds (bundled data), mean ± std → UMAP / t-SNE →
+  Markdown + HTML report in OUT/report
 
 examples:
   bulkformer demo --out demo_run                     # bundled GEUVADIS, label sex, ~minutes
@@ -24,7 +26,16 @@ examples:
 """
 
 
-def _data_args(p, *, label: bool) -> None:
+BENCHMARK_EPILOG = """\
+examples:
+  bulkformer benchmark RUN/pretrained --corpus tcga --label "Project ID" --out bench_tcga
+  bulkformer benchmark RUN/pretrained --input samples.h5ad --label tissue --folds 5 --out b
+  bulkformer benchmark RUN/pretrained --corpus tcga --label label --folds-file b/folds.tsv \\
+      --out b2                                            # the same folds again
+"""
+
+
+def _data_args(p, *, label: bool, positional_checkpoint: bool = False) -> None:
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="FILE.h5ad|DIR", help="AnnData file or corpus directory")
@@ -54,8 +65,19 @@ def _data_args(p, *, label: bool) -> None:
             help="label column (obs column of an .h5ad; 'label' for a corpus built with --label)",
         )
     m = p.add_argument_group("model")
-    m.add_argument("--checkpoint", required=True, metavar="DIR", help="pretrained directory")
-    m.add_argument("--how", choices=["mean", "max"], default="mean", help="pooling (mean)")
+    if positional_checkpoint:
+        p.add_argument(
+            "checkpoint", metavar="CHECKPOINT", help="pretrained directory (RUN/pretrained)"
+        )
+    else:
+        m.add_argument("--checkpoint", required=True, metavar="DIR", help="pretrained directory")
+    m.add_argument(
+        "--how",
+        choices=["sample", "mean", "max"],
+        default=None,
+        help="sample embedding: the sample vector, or mean/max pooling of gene embeddings "
+        "(default: the checkpoint's config.pooling)",
+    )
     m.add_argument("--batch-size", type=_positive_int, default=16, metavar="N")
     m.add_argument("--device", help="torch device (default: cuda when available)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -121,6 +143,13 @@ def add_parser(subparsers) -> None:
         help=".npy: the (N, D) array; .h5ad: the input's obs with obsm[--key-added]",
     )
     e.add_argument("--key-added", default="X_bulkformer", help="obsm key (X_bulkformer)")
+    e.add_argument(
+        "--parts",
+        metavar="DIR",
+        help="commit chunks of embeddings here and resume from them (default under torchrun: "
+        "OUT.parts); each torchrun rank embeds a contiguous shard",
+    )
+    e.add_argument("--chunk-rows", type=int, default=1024, metavar="N", help="samples per chunk")
     e.set_defaults(func=run_embed)
 
     for name, helptext in (
@@ -131,7 +160,15 @@ def add_parser(subparsers) -> None:
         _data_args(p, label=True)
         _cv_args(p)
         if name == "finetune":
-            p.add_argument("--epochs", type=int, default=10)
+            p.add_argument(
+                "--epochs", type=int, default=50, help="most epochs (50; early stopping)"
+            )
+            p.add_argument(
+                "--patience",
+                type=int,
+                default=3,
+                help="stop after this many epochs without a lower validation loss (3)",
+            )
             p.add_argument("--lr", type=float, default=1e-2, help="head LR (encoder: 0.1×)")
         p.add_argument("--out", metavar="FILE.csv", help="also write the metric table as CSV")
         p.set_defaults(func=run_probe if name == "probe" else run_finetune)
@@ -145,11 +182,41 @@ def add_parser(subparsers) -> None:
     _data_args(v, label=True)
     _cv_args(v)
     v.add_argument("--out", required=True, metavar="REPORT_DIR")
-    v.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (10)")
+    v.add_argument(
+        "--epochs", type=int, default=50, help="fine-tuning: most epochs (50; early stopping)"
+    )
     v.add_argument("--no-finetune", action="store_true")
     v.add_argument("--no-impute", action="store_true")
     v.add_argument("--no-plots", action="store_true")
     v.set_defaults(func=run_evaluate)
+
+    b = subparsers.add_parser(
+        "benchmark",
+        help="a checkpoint vs strong baselines on a labelled corpus or .h5ad (tables + folds)",
+        description="BulkFormer's protocol (random forest on PCA of the frozen embeddings, "
+        "stratified K-fold, weighted F1) beside a linear probe, logistic regression and PCA + "
+        "LR / RF on log1p TPM, all on the same folds; imputation vs gene mean, kNN and a PCA "
+        "imputer on the same masked positions. Writes benchmark.tsv/.md, imputation.tsv, "
+        "per_fold.tsv, folds.tsv and info.json to --out.",
+        epilog=BENCHMARK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_args(b, label=True, positional_checkpoint=True)
+    b.add_argument("--folds", type=int, default=10, metavar="K", help="stratified K-fold (10)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--folds-file", metavar="TSV", help="reuse the folds of a folds.tsv")
+    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    b.add_argument("--finetune", action="store_true", help="also fine-tune (slow on a CPU)")
+    b.add_argument("--epochs", type=int, default=50, help="fine-tuning: most epochs (50)")
+    b.add_argument("--patience", type=int, default=3, help="fine-tuning: early stopping (3)")
+    b.add_argument("--no-impute", action="store_true", help="skip the imputation comparison")
+    b.add_argument(
+        "--impute-samples", type=int, default=500, metavar="N", help="imputed samples (500)"
+    )
+    b.add_argument("--rf-trees", type=int, default=500, metavar="N", help="trees per forest")
+    b.add_argument("--jobs", type=int, metavar="N", help="random-forest threads (default 1)")
+    b.set_defaults(func=run_benchmark_cmd)
 
     d = subparsers.add_parser(
         "demo",
@@ -178,13 +245,60 @@ def add_parser(subparsers) -> None:
     d.add_argument("--config", help="model preset or config JSON (tiny; small on a GPU)")
     d.add_argument("--batch-size", type=int, metavar="N")
     d.add_argument("--lr", type=float, help="pretraining peak LR (3e-3 on CPU, 1e-3 on a GPU)")
-    d.add_argument("--epochs", type=int, help="fine-tuning epochs (0 skips fine-tuning)")
+    d.add_argument(
+        "--epochs",
+        type=int,
+        help="fine-tuning: most epochs (30; early stopping; 0 skips fine-tuning)",
+    )
     d.add_argument("--folds", type=int, default=5, metavar="K")
     d.add_argument("--device", help="torch device (default: cuda when available)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="first seed (0)")
+    d.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="repeat pretraining + evaluation for N seeds, report mean ± std (3 bundled, else 1)",
+    )
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=run_demo)
+
+
+def run_benchmark_cmd(args) -> int:
+    from .benchmark import pretty_classification, pretty_imputation, run_benchmark
+    from .report import markdown_table
+
+    data = _open(args)
+    res = run_benchmark(
+        args.checkpoint,
+        data,
+        label=args.label,
+        out=args.out,
+        n_splits=args.folds,
+        seed=args.seed,
+        folds_file=args.folds_file,
+        values=args.values,
+        layer=args.layer,
+        gene_column=args.gene_column,
+        how=args.how,
+        batch_size=args.batch_size,
+        device=args.device,
+        finetune=args.finetune,
+        finetune_epochs=args.epochs,
+        patience=args.patience,
+        impute=not args.no_impute,
+        impute_samples=args.impute_samples,
+        rf_trees=args.rf_trees,
+        n_jobs=args.jobs,
+        overwrite=args.overwrite,
+        progress=_progress(args),
+        where=args.corpus or args.input,
+    )
+    print(markdown_table(pretty_classification(res.classification)))
+    if res.imputation is not None:
+        print(markdown_table(pretty_imputation(res.imputation)))
+    print(f"wrote {res.out}/benchmark.md, benchmark.tsv, folds.tsv")
+    return 0
 
 
 def _progress(args) -> bool:
@@ -202,6 +316,10 @@ def run_embed(args) -> int:
     if out.suffix not in (".npy", ".h5ad"):
         raise ValueError(f"--out {out}: expected a .npy or .h5ad file name")
     kw = _kw(args)
+    from .embed_dist import run_embed_cli, under_torchrun
+
+    if args.parts or under_torchrun():  # sharded over torchrun's ranks, resumable
+        return run_embed_cli(args, data, kw)
     if isinstance(data, Corpus):
         emb = embed(data, args.checkpoint, progress=_progress(args), **kw)
         if out.suffix == ".h5ad":
@@ -282,6 +400,7 @@ def run_finetune(args) -> int:
             folds,
             how=args.how,
             epochs=args.epochs,
+            patience=args.patience,
             lr=args.lr,
             batch_size=args.batch_size,
             device=args.device,
@@ -350,6 +469,7 @@ def _demo(demo, args):
         n_splits=args.folds,
         device=args.device,
         seed=args.seed,
+        seeds=args.seeds,
         overwrite=args.overwrite,
         progress=_progress(args),
     )

@@ -354,7 +354,7 @@ def run_model(
     prep: PreparedInput,
     model,
     *,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     device=None,
     gene_level: bool = False,
@@ -362,6 +362,9 @@ def run_model(
     rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Forward ``prep`` through ``model`` in eval mode, no gradients, batch by batch.
+
+    ``how``: ``"sample"`` | ``"mean"`` | ``"max"`` (:meth:`BulkFormerOutput.pool`); ``None``:
+    the model's ``config.pooling``.
 
     Returns
     -------
@@ -414,7 +417,7 @@ def embed(
     layer: str | None = None,
     gene_column: str | None = None,
     min_gene_overlap: float = MIN_GENE_OVERLAP,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     device=None,
     key_added: str = "X_bulkformer",
@@ -444,7 +447,10 @@ def embed(
         non-empty overlap). Numbers are checked too: negative or non-finite values,
         non-integer counts, TPM above 1e6, log1p TPM above ln(1e6 + 1) and |z| above 65504
         are refused.
-    how : pooling of gene embeddings over observed genes, ``"mean"`` or ``"max"``.
+    how : the sample embedding: ``"sample"`` (the model's sample vector, trained by the
+        sample-bottleneck objective), or ``"mean"`` / ``"max"`` pooling of the gene embeddings
+        over observed genes. ``None``: the checkpoint's ``config.pooling`` (``"sample"`` for
+        models trained with the sample objective, ``"mean"`` for older ones).
     batch_size : samples per forward pass (≥ 1).
     device : torch device; default CUDA when available, else CPU. The model is moved there.
     key_added : AnnData: ``obsm`` key of the (N, D) embeddings; gene-level ones go to
@@ -468,6 +474,7 @@ def embed(
     """
     _check_batch_size(batch_size)
     pre = resolve_pretrained(pretrained)
+    how = how or pre.model.config.pooling
     prep = prepare_input(
         data,
         pre,

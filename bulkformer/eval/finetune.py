@@ -3,6 +3,11 @@
 Same folds and metrics as :mod:`bulkformer.eval.probe` (through
 :func:`~bulkformer.eval.probe.cross_validate`), so the scores sit in one table with the linear
 probe and the baselines. Every fold starts from a fresh copy of the pretrained weights.
+
+Training runs until the validation loss stops falling: a stratified ``val_fraction`` of each
+training fold is held out, the cross-entropy on it is computed after every epoch, training
+stops after ``patience`` epochs without a new best (or at ``epochs``, the cap), and the weights
+of the best epoch are restored before the test fold is predicted.
 """
 
 from __future__ import annotations
@@ -14,9 +19,52 @@ import numpy as np
 
 from .probe import ClassificationResult, check_labels, cross_validate, labels_of, make_folds
 
-__all__ = ["FinetuneClassifier", "finetune_cv", "finetune"]
+__all__ = ["EarlyStopping", "FinetuneClassifier", "finetune_cv", "finetune"]
 
 log = logging.getLogger(__name__)
+
+
+class EarlyStopping:
+    """Track a validation loss; keep a copy of the state of the best epoch.
+
+    ``update(loss, state)`` returns True when training should stop: ``patience`` updates in a
+    row brought no loss below ``best − min_delta``. ``state()`` is called (and its result
+    deep-copied) only when the loss improves.
+    """
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0):
+        if patience < 1:
+            raise ValueError(f"patience = {patience}: need at least 1")
+        self.patience, self.min_delta = patience, min_delta
+        self.best = float("inf")
+        self.best_epoch = -1
+        self.best_state = None
+        self.epoch = -1
+        self.bad = 0
+
+    def update(self, loss: float, state) -> bool:
+        self.epoch += 1
+        if loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad = float(loss), self.epoch, 0
+            self.best_state = copy.deepcopy(state())
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def _val_split(rows, y, fraction: float, seed: int):
+    """(fit rows, validation rows): stratified when every class can give one, else random;
+    no validation rows when the fold is too small to spare any."""
+    n, classes = len(rows), sorted(set(y))
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n - n_val < 2:
+        return rows, rows[:0]
+    from sklearn.model_selection import train_test_split
+
+    counts = {c: int(np.sum(y == c)) for c in classes}
+    strat = y if min(counts.values()) >= 2 and n_val >= len(classes) else None
+    fi, va = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=strat)
+    return rows[np.sort(fi)], rows[np.sort(va)]
 
 
 class FinetuneClassifier:
@@ -27,7 +75,7 @@ class FinetuneClassifier:
     ----------
     model : pretrained :class:`~bulkformer.model.BulkFormer` (deep-copied; not modified).
     classes : the C class names.
-    how : pooling, ``"mean"`` | ``"max"``.
+    how : sample embedding, ``"sample"`` | ``"mean"`` | ``"max"``; None: ``config.pooling``.
     lr : head learning rate; the encoder gets ``lr * encoder_lr_scale``.
     """
 
@@ -36,7 +84,7 @@ class FinetuneClassifier:
         model,
         classes,
         *,
-        how: str = "mean",
+        how: str | None = None,
         lr: float = 1e-2,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 0.01,
@@ -70,34 +118,106 @@ class FinetuneClassifier:
 
     def _logits(self, x, miss):
         out = self.encoder(x, missing=miss)  # hidden (B, G, D)
-        return self.head(out.pool(self.how).float())  # (B, C)
+        pooled = out.pool(self.how) if self.how else out.pool()  # None: the model's default
+        return self.head(pooled.float())  # (B, C)
 
-    def fit(self, prep, rows, y, *, epochs: int = 10, batch_size: int = 16, progress=False):
-        """Train on ``rows`` of a :class:`~bulkformer.eval.embed.PreparedInput` (labels y)."""
+    def fit(
+        self,
+        prep,
+        rows,
+        y,
+        *,
+        epochs: int = 50,
+        patience: int | None = 3,
+        val_fraction: float = 0.15,
+        batch_size: int = 16,
+        progress=False,
+    ):
+        """Train on ``rows`` of a :class:`~bulkformer.eval.embed.PreparedInput` (labels y).
+
+        Parameters
+        ----------
+        rows : (n,) row indices; y : (n,) their labels.
+        epochs : the most epochs.
+        patience : stop after this many epochs without a lower validation loss and restore
+            the best epoch's weights; ``None``: train all ``epochs`` on all rows.
+        val_fraction : share of ``rows`` held out (stratified) for the validation loss.
+
+        Sets ``history`` (training loss per epoch), ``val_history`` (validation loss per
+        epoch), ``best_epoch`` (0-based; its weights are the ones kept) and ``epochs_run``.
+        """
         import torch
         from tqdm.auto import tqdm
 
+        rows = np.asarray(rows, dtype=np.int64)
+        y = np.asarray(y, dtype=object)
         lut = {c: i for i, c in enumerate(self.classes)}
-        target = np.array([lut[v] for v in y], dtype=np.int64)
+        target = dict(zip(rows.tolist(), (lut[v] for v in y)))
+        fit_rows, val_rows = rows, rows[:0]
+        if patience is not None:
+            fit_rows, val_rows = _val_split(rows, y, val_fraction, self.seed)
+            if len(val_rows) == 0:
+                log.warning(
+                    "fine-tuning: %d training rows are too few to hold out a validation split; "
+                    "training %d epochs without early stopping",
+                    len(rows),
+                    epochs,
+                )
+        stop = EarlyStopping(patience) if len(val_rows) else None
         rng = np.random.default_rng(self.seed)
-        self.encoder.train()
-        self.head.train()
-        self.history = []
-        for _ in tqdm(range(epochs), desc="finetune", disable=not progress):
-            order = rng.permutation(len(rows))
+        self.history, self.val_history = [], []
+        self.best_epoch = epochs - 1
+        bar = tqdm(range(epochs), desc="finetune", disable=not progress)
+        for _ in bar:
+            self.encoder.train()
+            self.head.train()
+            order = fit_rows[rng.permutation(len(fit_rows))]
             total = 0.0
             for a in range(0, len(order), batch_size):
                 b = order[a : a + batch_size]
-                x = torch.from_numpy(prep.rows(rows[b])).to(self.device)
-                m = torch.from_numpy(prep.missing(rows[b])).to(self.device)
-                t = torch.from_numpy(target[b]).to(self.device)
+                if len(b) < 2 and len(order) > 1:  # BatchNorm needs two samples
+                    b = order[a - 1 : a + batch_size]
+                x = torch.from_numpy(prep.rows(b)).to(self.device)
+                m = torch.from_numpy(prep.missing(b)).to(self.device)
+                t = torch.tensor([target[i] for i in b.tolist()], device=self.device)
                 loss = torch.nn.functional.cross_entropy(self._logits(x, m), t)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
                 total += loss.item() * len(b)
             self.history.append(total / len(order))
+            if stop is None:
+                continue
+            vl = self._val_loss(prep, val_rows, [target[i] for i in val_rows.tolist()], batch_size)
+            self.val_history.append(vl)
+            if stop.update(vl, self._state):
+                break
+        self.epochs_run = len(self.history)
+        if stop is not None:
+            self.best_epoch = stop.best_epoch
+            self.encoder.load_state_dict(stop.best_state["encoder"])
+            self.head.load_state_dict(stop.best_state["head"])
         return self
+
+    def _state(self) -> dict:
+        return {"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}
+
+    def _val_loss(self, prep, rows, target, batch_size: int) -> float:
+        """Mean cross-entropy of ``rows`` in eval mode."""
+        import torch
+
+        self.encoder.eval()
+        self.head.eval()
+        total = 0.0
+        with torch.no_grad():
+            for a in range(0, len(rows), batch_size):
+                b = rows[a : a + batch_size]
+                x = torch.from_numpy(prep.rows(b)).to(self.device)
+                m = torch.from_numpy(prep.missing(b)).to(self.device)
+                t = torch.tensor(target[a : a + batch_size], device=self.device)
+                loss = torch.nn.functional.cross_entropy(self._logits(x, m), t, reduction="sum")
+                total += loss.item()
+        return total / len(rows)
 
     def predict(self, prep, rows, *, batch_size: int = 16) -> np.ndarray:
         """Predicted class names of ``rows``."""
@@ -121,8 +241,9 @@ def finetune_cv(
     labels,
     folds,
     *,
-    how: str = "mean",
-    epochs: int = 10,
+    how: str | None = None,
+    epochs: int = 50,
+    patience: int | None = 3,
     lr: float = 1e-2,
     encoder_lr_scale: float = 0.1,
     batch_size: int = 16,
@@ -130,10 +251,14 @@ def finetune_cv(
     seed: int = 0,
     progress: bool = False,
 ) -> ClassificationResult:
-    """Fine-tune a fresh copy of ``model`` on each training fold, score its test fold."""
+    """Fine-tune a fresh copy of ``model`` on each training fold, score its test fold.
+
+    ``epochs`` caps the epochs; with ``patience`` (see :meth:`FinetuneClassifier.fit`) each
+    fold stops when its validation loss stops falling and keeps its best epoch's weights.
+    ``extra`` records, per fold, the epochs run, the best epoch and the final losses.
+    """
     y = check_labels(labels, None)
     classes = np.array(sorted(set(y)), dtype=object)
-    losses = []
 
     def fit_predict(tr, te):
         clf = FinetuneClassifier(
@@ -145,17 +270,36 @@ def finetune_cv(
             device=device,
             seed=seed,
         )
-        clf.fit(prep, tr, y[tr], epochs=epochs, batch_size=batch_size, progress=progress)
-        losses.append(clf.history)
+        clf.fit(
+            prep,
+            tr,
+            y[tr],
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        fits.append(clf)
         return clf.predict(prep, te, batch_size=batch_size)
 
+    fits = []
     res = cross_validate("finetune", fit_predict, y, folds)
     res.extra = {
-        "epochs": epochs,
+        "max_epochs": epochs,
+        "patience": patience,
         "lr": lr,
         "encoder_lr": lr * encoder_lr_scale,
-        "train_loss": [h[-1] for h in losses if h],
+        "epochs_run": [c.epochs_run for c in fits],
+        "best_epoch": [c.best_epoch for c in fits],
+        "train_loss": [c.history[-1] for c in fits if c.history],
+        "val_loss": [min(c.val_history) for c in fits if c.val_history],
     }
+    log.info(
+        "finetune: epochs run per fold %s (best %s, cap %d)",
+        res.extra["epochs_run"],
+        res.extra["best_epoch"],
+        epochs,
+    )
     return res
 
 
@@ -168,11 +312,12 @@ def finetune(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,
-    epochs: int = 10,
+    epochs: int = 50,
+    patience: int | None = 3,
     lr: float = 1e-2,
     encoder_lr_scale: float = 0.1,
     batch_size: int = 16,
@@ -181,7 +326,8 @@ def finetune(
 ) -> ClassificationResult:
     """Cross-validated fine-tuning of a checkpoint on labelled data.
 
-    Parameters are those of :func:`bulkformer.eval.probe.probe`, plus ``epochs``, the head
+    Parameters are those of :func:`bulkformer.eval.probe.probe`, plus ``epochs`` (the cap),
+    ``patience`` (early stopping on a validation split of each training fold), the head
     learning rate ``lr`` and ``encoder_lr_scale`` (encoder LR = lr × scale).
     """
     from .embed import prepare_input, resolve_pretrained
@@ -199,6 +345,7 @@ def finetune(
         folds,
         how=how,
         epochs=epochs,
+        patience=patience,
         lr=lr,
         encoder_lr_scale=encoder_lr_scale,
         batch_size=batch_size,

@@ -7,6 +7,9 @@ matrix of the pooled out-of-fold predictions). Methods:
 ``linear_probe``     standardize → logistic regression on the BulkFormer sample embeddings
 ``logreg_log1p_tpm`` standardize → logistic regression on the z-scored log1p(TPM) input genes
 ``pca50_logreg``     standardize → PCA(50) → logistic regression on the same genes
+``rf_*``             BulkFormer's own protocol: standardize → PCA(50) → random forest
+                     (:func:`random_forest`), on the embeddings (``rf_bulkformer``) or on the
+                     genes (``rf_log1p_tpm``)
 
 Everything preprocessing-like (scaler, PCA) is fit on the training fold only.
 """
@@ -28,6 +31,7 @@ __all__ = [
     "cross_validate",
     "linear_probe",
     "baselines",
+    "random_forest",
     "probe",
     "results_table",
     "METRICS",
@@ -57,8 +61,24 @@ class ClassificationResult:
     extra: dict = field(default_factory=dict)
 
 
+def refuse_missing_labels(labels, where: str = "the labels", names=None) -> None:
+    """ValueError when a label is missing (NaN, None or empty): such samples are refused, not
+    turned into a class ``'nan'``; the message counts them and names a few (``names``)."""
+    s = pd.Series(np.asarray(labels, dtype=object))
+    missing = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        idx = np.flatnonzero(missing)
+        ids = idx if names is None else np.asarray(names, dtype=object)[idx]
+        raise ValueError(
+            f"{len(idx)} of {len(s)} samples have no label (NaN, None or empty) in {where}, "
+            f"e.g. {', '.join(map(str, ids[:5]))}: drop them from the input or label them"
+        )
+
+
 def check_labels(labels, n_splits: int | None) -> np.ndarray:
-    """Labels as a string array; ValueError for a single class or classes smaller than K."""
+    """Labels as a string array; ValueError for missing labels, a single class or classes
+    smaller than K."""
+    refuse_missing_labels(labels)
     y = np.asarray(pd.Series(labels).astype(str).to_numpy(), dtype=object)
     if len(y) == 0:
         raise ValueError("no labels: nothing to classify")
@@ -227,6 +247,50 @@ def baselines(
     ]
 
 
+def random_forest(
+    features: np.ndarray,
+    labels,
+    folds,
+    *,
+    method: str = "rf_bulkformer",
+    n_components: int | None = 50,
+    n_estimators: int = 500,
+    seed: int = 0,
+    n_jobs: int | None = None,
+) -> ClassificationResult:
+    """BulkFormer's classification protocol: standardize → PCA → random forest, on every fold.
+
+    Parameters
+    ----------
+    features : (N, F) frozen features (sample embeddings, or z-scored genes).
+    n_components : PCA width, capped by the training-fold size and F (``None``: no PCA, the
+        forest sees the standardized features directly). Scaler and PCA are fit on the
+        training fold only.
+    n_estimators, n_jobs : of :class:`sklearn.ensemble.RandomForestClassifier` (seeded).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = check_labels(labels, None)
+    X = np.asarray(features, dtype=np.float32)
+    if X.shape[0] != len(y):
+        raise ValueError(f"features have {X.shape[0]} rows but there are {len(y)} labels")
+    X = X[:, X.std(axis=0) > 0]
+
+    def pipe(n_train):
+        steps = [StandardScaler()]
+        if n_components is not None:
+            steps.append(PCA(max(1, min(n_components, n_train - 1, X.shape[1])), random_state=seed))
+        rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
+        return make_pipeline(*steps, rf)
+
+    res = cross_validate(method, _sk_fit_predict(pipe, X, y), y, folds)
+    res.extra = {"n_components": n_components, "n_estimators": n_estimators}
+    return res
+
+
 def results_table(results: list[ClassificationResult]) -> pd.DataFrame:
     """One row per method: mean and std of every metric, and the seconds it took."""
     rows = [{"method": r.method, **r.metrics, "seconds": round(r.seconds, 3)} for r in results]
@@ -243,7 +307,7 @@ def probe(
     layer: str | None = None,
     gene_column: str | None = None,
     min_gene_overlap: float = 0.5,
-    how: str = "mean",
+    how: str | None = None,
     n_splits: int = 5,
     split=None,
     seed: int = 0,
@@ -259,6 +323,8 @@ def probe(
     data, pretrained, values, gene_ids, layer, gene_column, min_gene_overlap, how, batch_size,
     device : as :func:`bulkformer.eval.embed`.
     labels : (N,) labels, or the name of an ``obs`` column (AnnData) / ``"label"`` (corpus).
+        A sample without a label (NaN, None, empty) is refused (ValueError counting and naming
+        them), never made a class ``'nan'``: drop such samples from the input first.
     n_splits, split, seed : :func:`make_folds`.
 
     Returns
@@ -297,8 +363,10 @@ def labels_of(prep, labels) -> np.ndarray:
                 f"no label column {labels!r} in the samples; available: "
                 f"{', '.join(map(str, obs.columns)) or '(none)'}"
             )
+        refuse_missing_labels(obs[labels].to_numpy(), f"column {labels!r}", obs.index)
         return obs[labels].astype(str).to_numpy(dtype=object)
     y = np.asarray(labels, dtype=object)
     if len(y) != prep.n_obs:
         raise ValueError(f"{len(y)} labels for {prep.n_obs} samples")
+    refuse_missing_labels(y)
     return y

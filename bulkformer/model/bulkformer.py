@@ -1,15 +1,25 @@
-"""The BulkFormer model: input embedding → encoder → final norm → per-gene reconstruction head.
+"""The BulkFormer model: input embedding → encoder → final norm → per-gene reconstruction head,
+and a sample vector with its own decoder.
 
 Read top to bottom::
 
     x (B, G) z-scores, missing (G,) or (B, G), masked (B, G)
       hide = missing | masked                                     # (B, G) bool
-      E    = W·ESM2[g] + (REE(x) or e_mask) + MLP(x with hide→0)  # (B, G, D)  embedding.py
-      h    = Encoder(E)                                           # (B, G, D)  encoder.py
-      h    = LayerNorm(h)                                         # (B, G, D)  .hidden
-      pred = Linear(D → 1)(h)                                     # (B, G)     .pred
+      c    = MLP(x with hide→0)                                   # (B, D)     context
+      E    = W·ESM2[g] + (REE(x) or e_mask) + c                   # (B, G, D)  embedding.py
+      E    = [e_sample + c ; E]                                   # (B, 1+G, D) [SAMPLE] token
+      h    = LayerNorm(Encoder(E))                                # encoder.py
+      s    = h[:, 0]                                              # (B, D)     .sample
+      h    = h[:, 1:]                                             # (B, G, D)  .hidden
+      sample_pred = SampleDecoder(s)                              # (B, G)     .sample_pred
+      pred = Linear(D → 1)(h) [+ sample_pred]                     # (B, G)     .pred
 
-Pretraining minimises the MSE of ``pred`` against ``x`` at masked, non-missing genes.
+Pretraining minimises the MSE of ``pred`` against ``x`` at masked, non-missing genes, plus
+``sample_weight`` × the MSE of ``sample_pred`` at the same genes: every gene the model must
+recover has to pass through the one vector ``s``, which is what makes ``s`` a sample embedding. With ``residual_head`` (the default) the token
+head adds a per-gene correction to ``sample_pred``, so ``pred`` is the model's one answer.
+Without ``sample_token`` the sample vector is the context ``c`` (which then does not go through
+the encoder); without both there is none (``sample = None``).
 """
 
 from __future__ import annotations
@@ -28,7 +38,14 @@ from .config import BulkFormerConfig
 from .embedding import GeneEmbedding
 from .encoder import Encoder
 
-__all__ = ["BulkFormer", "BulkFormerOutput", "pool", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "BulkFormer",
+    "BulkFormerOutput",
+    "SampleDecoder",
+    "pool",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +90,48 @@ class BulkFormerOutput:
     pred: torch.Tensor  # (B, G) float32: reconstructed z-score of every gene
     hidden: torch.Tensor  # (B, G, D): final normed hidden states (gene embeddings)
     observed: torch.Tensor  # (B, G) bool: genes neither missing nor masked
+    sample: torch.Tensor | None = None  # (B, D): the sample vector (None: the model has none)
+    sample_pred: torch.Tensor | None = None  # (B, G) float32: every gene decoded from `sample`
+    pooling: str = "mean"  # what pool() gives without an argument (config.pooling)
 
-    def pool(self, how: str = "mean") -> torch.Tensor:
-        """(B, D) sample embeddings: :func:`pool` of ``hidden`` over the observed genes."""
+    def pool(self, how: str | None = None) -> torch.Tensor:
+        """(B, D) sample embeddings: ``"sample"`` the sample vector, ``"mean"`` / ``"max"``
+        :func:`pool` of ``hidden`` over the observed genes; ``None``: ``config.pooling``."""
+        how = how or self.pooling
+        if how == "sample":
+            if self.sample is None:
+                raise ValueError(
+                    "pooling 'sample': this model has no sample vector (sample_token and "
+                    "context_mlp are both off); use 'mean' or 'max'"
+                )
+            return self.sample
         return pool(self.hidden, self.observed, how)
+
+
+class SampleDecoder(nn.Module):
+    """Every gene's value from the sample vector, ``(B, D) → (B, G)``.
+
+    ``"linear"``: ``Linear(D → G)(LayerNorm(s))``. ``"gene"`` (scGPT's GEPC form): the product
+    of ``Linear(D → D)(LayerNorm(s))`` with each gene's identity vector, plus a bias per gene.
+    """
+
+    def __init__(self, config: BulkFormerConfig) -> None:
+        super().__init__()
+        d, G = config.d_model, config.n_genes
+        self.kind = config.sample_decoder
+        self.norm = nn.LayerNorm(d, eps=config.norm_eps)
+        if self.kind == "linear":
+            self.out = nn.Linear(d, G)
+        else:
+            self.out = nn.Linear(d, d)
+            self.bias = nn.Parameter(torch.zeros(G))
+
+    def forward(self, s: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """``s`` (B, D), ``identity`` (G, D) gene identities → (B, G) float32."""
+        y = self.out(self.norm(s))  # (B, G) or (B, D)
+        if self.kind == "gene":
+            y = y @ identity.to(y.dtype).T + self.bias.to(y.dtype)  # (B, G)
+        return y.float()
 
 
 def _hide_mask(
@@ -126,6 +181,10 @@ class BulkFormer(nn.Module):
         self.encoder = Encoder(config)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, 1)  # per-gene reconstruction
+        if config.sample_token:
+            self.sample_token = nn.Parameter(torch.zeros(config.d_model))  # [SAMPLE] input
+        if config.sample_weight > 0:
+            self.sample_decoder = SampleDecoder(config)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -141,7 +200,12 @@ class BulkFormer(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layers))
         nn.init.normal_(self.embedding.e_mask, 0.0, std)
-        nn.init.normal_(self.embedding.e_noprot, 0.0, std)
+        if self.config.esm_identity:
+            nn.init.normal_(self.embedding.e_noprot, 0.0, std)
+        else:
+            nn.init.normal_(self.embedding.gene_embed, 0.0, std)
+        if self.config.sample_token:
+            nn.init.normal_(self.sample_token, 0.0, std)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -163,14 +227,36 @@ class BulkFormer(nn.Module):
 
         Returns
         -------
-        BulkFormerOutput with ``pred`` (B, G) float32, ``hidden`` (B, G, D) and ``observed``.
+        BulkFormerOutput with ``pred`` (B, G) float32, ``hidden`` (B, G, D), ``observed``,
+        ``sample`` (B, D) and ``sample_pred`` (B, G) float32 (None where the config has none).
         """
-        hide = _hide_mask(x, self.config.n_genes, missing, masked)  # (B, G)
-        h = self.embedding(x, hide)  # (B, G, D)
-        h = self.encoder(h)  # (B, G, D)
-        h = self.norm(h)  # (B, G, D)
+        cfg = self.config
+        hide = _hide_mask(x, cfg.n_genes, missing, masked)  # (B, G)
+        h, ctx, identity = self.embedding.embed(x, hide)  # (B, G, D), (B, D) | None, (G, D)
+        if cfg.sample_token:
+            s0 = self.sample_token.to(h.dtype).expand(len(h), -1)  # (B, D)
+            if ctx is not None:
+                s0 = s0 + ctx.to(h.dtype)
+            h = torch.cat([s0[:, None], h], 1)  # (B, 1 + G, D)
+        h = self.norm(self.encoder(h))
+        if cfg.sample_token:
+            sample, h = h[:, 0], h[:, 1:]  # (B, D), (B, G, D)
+        else:
+            sample = ctx  # (B, D) or None
         pred = self.head(h).squeeze(-1).float()  # (B, G)
-        return BulkFormerOutput(pred=pred, hidden=h, observed=~hide)
+        sample_pred = None
+        if cfg.sample_weight > 0:
+            sample_pred = self.sample_decoder(sample, identity)  # (B, G)
+            if cfg.residual_head:  # the token head corrects the sample decoder's value
+                pred = pred + sample_pred
+        return BulkFormerOutput(
+            pred=pred,
+            hidden=h,
+            observed=~hide,
+            sample=sample,
+            sample_pred=sample_pred,
+            pooling=cfg.pooling,
+        )
 
     @torch.no_grad()
     def embed_samples(
@@ -202,13 +288,15 @@ class BulkFormer(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs (forward + backward) per gene token (docs/architecture.md, "Formulas"):
         ``6·N + 12·L·d·S`` with N = :meth:`num_parameters` ``(per_token=True)`` and S = G, plus
-        the context MLP amortised over the G tokens of its sample. The ESM2 projection (once per
-        batch) is left out."""
+        the context MLP and the sample decoder amortised over the G tokens of their sample. The
+        ESM2 projection (once per batch) and the one [SAMPLE] token are left out."""
         c = self.config
-        G, h = c.n_genes, c.context_width
+        G, h, d = c.n_genes, c.context_width, c.d_model
         n_tok = self.num_parameters(per_token=True)
-        context = 6 * (G * h + h * c.d_model) / G
-        return 6 * n_tok + 12 * c.n_layers * c.d_model * G + context
+        context = 6 * (G * h + h * d) / G if c.context_mlp else 0.0
+        decoder = 6 * d * (G if c.sample_decoder == "linear" else d + G) / G
+        decoder = decoder if c.sample_weight > 0 else 0.0
+        return 6 * n_tok + 12 * c.n_layers * d * G + context + decoder
 
     def estimate_mfu(self, tokens_per_s: float, peak_flops: float = 989e12) -> float:
         """Model FLOPs utilisation: ``flops_per_token · tokens_per_s / peak_flops`` (default peak:
@@ -248,7 +336,7 @@ class BulkFormer(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (src / name).is_file():
                 raise FileNotFoundError(f"{src / name} not found: not a BulkFormer checkpoint")
-        config = BulkFormerConfig.from_json(src / CONFIG_NAME)
+        config = BulkFormerConfig.from_json(src / CONFIG_NAME, legacy=True)
         if reference_id is not None and reference_id != config.reference_id:
             from ..data.genes import ReferenceMismatchError
 
@@ -257,7 +345,9 @@ class BulkFormer(nn.Module):
                 f"{reference_id!r} was expected"
             )
         state = load_file(str(src / WEIGHTS_NAME), device=str(map_location))
-        placeholder = torch.empty(config.n_genes, config.d_esm)  # overwritten by the state dict
+        placeholder = None
+        if config.esm_identity:  # overwritten by the state dict
+            placeholder = torch.empty(config.n_genes, config.d_esm)
         model = cls(config, esm=placeholder).to(map_location)
         try:
             model.load_state_dict(state, strict=True)

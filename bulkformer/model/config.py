@@ -15,11 +15,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BulkFormerConfig", "PRESETS", "ATTN_BACKENDS", "EMBED_BACKENDS", "POOLINGS"]
+__all__ = [
+    "BulkFormerConfig",
+    "PRESETS",
+    "ATTN_BACKENDS",
+    "EMBED_BACKENDS",
+    "POOLINGS",
+    "SAMPLE_DECODERS",
+    "SAMPLE_TARGETS",
+    "LEGACY_DEFAULTS",
+]
 
 ATTN_BACKENDS = ("auto", "flash", "sdpa")
 EMBED_BACKENDS = ("auto", "triton", "torch")
-POOLINGS = ("mean", "max")
+POOLINGS = ("mean", "max", "sample")
+SAMPLE_DECODERS = ("linear", "gene")
+SAMPLE_TARGETS = ("observed", "masked")
+
+#: values that fields added after the first release take when a saved ``config.json`` lacks them
+#: (:meth:`BulkFormerConfig.from_dict` with ``legacy=True``, used when loading a checkpoint), so
+#: an old checkpoint loads as the model it was: no sample token, no sample objective
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "esm_identity": True,
+    "context_mlp": True,
+    "sample_token": False,
+    "sample_weight": 0.0,
+    "sample_decoder": "linear",
+    "sample_targets": "observed",
+    "residual_head": False,
+    "pooling": "mean",
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,19 @@ class BulkFormerConfig:
     norm_eps: float = 1e-5  # LayerNorm epsilon
     bias: bool = True  # biases in the encoder's Linear layers
     init_std: float = 0.02  # std of the normal init of Linear weights and learned vectors
-    pooling: str = "mean"  # default gene→sample pooling of embed_samples: "mean" | "max"
+    pooling: str = (
+        "sample"  # default sample embedding: "sample" (the sample vector) | "mean" | "max"
+    )
+    # ---- ablation switches (each changes only what it names; see docs/model.md)
+    esm_identity: bool = True  # gene identity = projected ESM2 row; False: a learned (G, d) table
+    context_mlp: bool = True  # add the sample-context MLP(x_masked) to every token
+    sample_token: bool = True  # a learned [SAMPLE] token (+ context) runs through the encoder
+    sample_weight: float = 1.0  # weight of the sample-bottleneck objective (0: off, no decoder)
+    sample_decoder: str = "linear"  # sample vector → G values: "linear" LN→Linear(d→G) | "gene"
+    residual_head: bool = True  # pred = token head + sample_pred: the per-gene head corrects the
+    # sample decoder's value (only where there is a decoder, i.e. sample_weight > 0)
+    sample_targets: str = "observed"  # genes the sample decoder must recover: "observed" (all
+    # non-missing, masked included) | "masked" (the masked ones only)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     attn_backend: str = "auto"  # "auto" (flash-attn on CUDA if there, else SDPA)|"flash"|"sdpa"
     embed_backend: str = "auto"  # "auto" (Triton on CUDA, else torch) | "triton" | "torch"
@@ -76,6 +113,22 @@ class BulkFormerConfig:
             raise bad("init_std", "a positive number")
         if self.pooling not in POOLINGS:
             raise bad("pooling", f"one of {POOLINGS}")
+        for name in ("esm_identity", "context_mlp", "sample_token", "residual_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        w = self.sample_weight
+        if isinstance(w, bool) or not (isinstance(w, (int, float)) and 0.0 <= w < float("inf")):
+            raise bad("sample_weight", "a non-negative number (0 turns the objective off)")
+        if self.sample_decoder not in SAMPLE_DECODERS:
+            raise bad("sample_decoder", f"one of {SAMPLE_DECODERS}")
+        if self.sample_targets not in SAMPLE_TARGETS:
+            raise bad("sample_targets", f"one of {SAMPLE_TARGETS}")
+        if not self.has_sample_vector and (self.sample_weight > 0 or self.pooling == "sample"):
+            what = "sample_weight > 0" if self.sample_weight > 0 else "pooling = 'sample'"
+            raise ValueError(
+                f"BulkFormerConfig: {what} needs a sample vector: set sample_token = true or "
+                "context_mlp = true"
+            )
         if self.attn_backend not in ATTN_BACKENDS:
             raise bad("attn_backend", f"one of {ATTN_BACKENDS}")
         if self.embed_backend not in EMBED_BACKENDS:
@@ -95,6 +148,12 @@ class BulkFormerConfig:
         return self.context_hidden or 4 * self.d_model
 
     @property
+    def has_sample_vector(self) -> bool:
+        """True when the model computes one vector per sample: the final state of the
+        ``[SAMPLE]`` token (``sample_token``), else the context MLP's output."""
+        return self.sample_token or self.context_mlp
+
+    @property
     def mlp_width(self) -> int:
         """Hidden width of the block MLP, ``round(mlp_ratio * d_model)``."""
         return max(1, round(self.mlp_ratio * self.d_model))
@@ -108,14 +167,21 @@ class BulkFormerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BulkFormerConfig:
-        """Build from a dict; unknown keys are an error (a typo must not be silently ignored)."""
+    def from_dict(cls, d: dict[str, Any], *, legacy: bool = False) -> BulkFormerConfig:
+        """Build from a dict; unknown keys are an error (a typo must not be silently ignored).
+
+        ``legacy=True`` (a saved checkpoint's config): fields the dict lacks that were added
+        later take :data:`LEGACY_DEFAULTS` (the behaviour of the code that wrote it) instead of
+        today's defaults.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(
                 f"BulkFormerConfig: unknown field(s) {unknown}; known fields are {sorted(known)}"
             )
+        if legacy:
+            d = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in d}, **d}
         return cls(**d)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -126,8 +192,9 @@ class BulkFormerConfig:
         return text
 
     @classmethod
-    def from_json(cls, source: str | os.PathLike) -> BulkFormerConfig:
-        """Read a config from JSON text (starting with ``{``) or from a file path."""
+    def from_json(cls, source: str | os.PathLike, *, legacy: bool = False) -> BulkFormerConfig:
+        """Read a config from JSON text (starting with ``{``) or from a file path
+        (``legacy``: see :meth:`from_dict`)."""
         if isinstance(source, str) and source.lstrip().startswith("{"):
             text, where = source, "JSON text"
         else:
@@ -141,7 +208,7 @@ class BulkFormerConfig:
             raise ValueError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object of config fields")
-        return cls.from_dict(d)
+        return cls.from_dict(d, legacy=legacy)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BulkFormerConfig:
@@ -151,14 +218,16 @@ class BulkFormerConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
-# Parameter counts at n_genes = 20,010, d_esm = 1280 (BulkFormer(...).num_parameters()):
+# Parameter counts at n_genes = 20,010, d_esm = 1280 (BulkFormer(...).num_parameters()), with
+# the sample decoder (d × G) included; every preset's context MLP is 4d wide (G × 4d of them):
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~1.1M: for tests and CPU smoke runs; context MLP narrowed to d (not 4d) to stay ~1M
-    "tiny": dict(d_model=48, n_layers=2, n_heads=4, context_hidden=48),
-    # ~11M
+    # ~5.0M: for tests and CPU smoke runs; the context MLP keeps its 4d width (a narrower one, 48, gave
+    # the weakest sample vector at demo scale)
+    "tiny": dict(d_model=48, n_layers=2, n_heads=4),
+    # ~14M
     "small": dict(d_model=128, n_layers=4, n_heads=8),
-    # ~27M
+    # ~33M
     "base": dict(d_model=256, n_layers=8, n_heads=8),
-    # ~103M: head dim 64 (flash-attn friendly)
+    # ~116M: head dim 64 (flash-attn friendly)
     "base100m": dict(d_model=640, n_layers=10, n_heads=10),
 }

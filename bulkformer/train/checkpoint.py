@@ -11,10 +11,24 @@ at any moment (``kill -9`` included) leaves either the new checkpoint complete o
 checkpoint at all; the previous ones stay valid. Leftover ``.tmp-*`` directories are removed by
 the next run.
 
-``state.pt`` holds: ``model`` (full state dict), ``optimizer``, ``scheduler``, ``step``,
-``data`` (epoch, batch index, block order of the epoch), ``rng`` (one dict per rank: python,
-numpy, torch CPU, CUDA, masking generator), ``fingerprint`` (what must not change on resume),
-``config`` and ``options``.
+``state.pt`` holds: ``format`` (:data:`STATE_FORMAT`), ``model`` (full state dict),
+``optimizer``, ``scheduler``, ``step``, ``data`` (epoch, batch index, block order of the epoch),
+``rng`` (one dict per rank: python, numpy, torch CPU, CUDA, masking generator), ``fingerprint``
+(what must not change on resume), ``config`` and ``options``: tensors and plain containers of
+numbers and strings only, so it is read with ``torch.load(weights_only=True)`` and loading it
+never runs code. ``meta.json`` records the ``sha256`` of ``state.pt``, checked before loading.
+
+Safety and damage:
+
+- A ``state.pt`` that ``weights_only=True`` refuses (pickled objects: the checkpoints of
+  bulkformer before format 2, which held numpy arrays, or a planted payload) raises
+  :class:`UnsafeCheckpointError`; ``trust=True`` (``pretrain --trust-checkpoint``) loads it
+  with full unpickling, for files the user wrote themselves.
+- A damaged ``state.pt`` (digest mismatch, truncated, unreadable) raises
+  :class:`CorruptCheckpointError`; :func:`load_latest` then falls back to the previous
+  checkpoint with a warning naming the damaged one.
+- A failed write (a full disk) raises :class:`CheckpointWriteError` (an ``OSError``) naming the
+  path; the temporary directory is removed and the older checkpoints stay as they were.
 """
 
 from __future__ import annotations
@@ -22,20 +36,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from .._io import replace_dir
+from .._io import json_safe, replace_dir, sha256_file
 
 __all__ = [
+    "STATE_FORMAT",
+    "CheckpointError",
     "CheckpointMismatchError",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
     "checkpoint_dir",
     "compare_fingerprints",
     "list_checkpoints",
     "load_checkpoint",
+    "load_latest",
     "prune_checkpoints",
     "save_checkpoint",
 ]
@@ -45,10 +66,29 @@ log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
 META_NAME = "meta.json"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
+#: version of the ``state.pt`` layout: 2 = loadable with ``weights_only=True``
+STATE_FORMAT = 2
 
 
 class CheckpointMismatchError(ValueError):
     """A resumed run differs from the checkpoint it resumes (refused unless forced)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's ``state.pt`` is damaged: digest mismatch, truncated or unreadable."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A ``state.pt`` holds pickled objects (an older bulkformer's format, or a planted
+    payload): refused, because loading it would run code from the file."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the older ones are intact."""
 
 
 def checkpoint_dir(run: str | os.PathLike) -> Path:
@@ -69,25 +109,51 @@ def list_checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(run: str | os.PathLike, step: int, state: dict, meta: dict) -> Path:
-    """Write ``state`` (``torch.save``) and ``meta`` (JSON) as checkpoint ``step`` atomically;
-    returns the checkpoint directory. An existing checkpoint of the same step is replaced."""
+    """Write ``state`` (``torch.save``) and ``meta`` (JSON, plus the ``sha256`` of
+    ``state.pt`` and the ``format``) as checkpoint ``step`` atomically; returns the checkpoint
+    directory. An existing checkpoint of the same step is replaced.
+
+    Raises
+    ------
+    CheckpointWriteError
+        Writing failed (a full disk, ...): the temporary directory is removed, the existing
+        checkpoints are untouched.
+    """
     d = checkpoint_dir(run)
-    d.mkdir(parents=True, exist_ok=True)
     final = d / f"step-{step:08d}"
     tmp = d / f".tmp-step-{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    with open(tmp / STATE_NAME, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    with open(tmp / META_NAME, "w") as f:
-        json.dump(meta, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    # an existing checkpoint of this step (e.g. the final one after a resume) is swapped out
-    replace_dir(tmp, final, aside=d / f".tmp-old-{step:08d}-{os.getpid()}")
+    state = {**state, "format": STATE_FORMAT}
+    target = tmp / STATE_NAME
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        with open(target, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        meta = {**meta, "format": STATE_FORMAT, "state_sha256": sha256_file(target)}
+        target = tmp / META_NAME
+        text = json.dumps(json_safe(meta), indent=1, default=str, allow_nan=False)
+        with open(target, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        target = final
+        # an existing checkpoint of this step (e.g. the final one after a resume) is swapped
+        replace_dir(tmp, final, aside=d / f".tmp-old-{step:08d}-{os.getpid()}")
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "writ" not in str(e).lower():
+            raise  # not an I/O failure of torch's writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        err = CheckpointWriteError(
+            f"cannot write checkpoint {final.name}: {target}: {reason}; the older checkpoints "
+            f"in {d} are intact (free disk space, then rerun with --resume)"
+        )
+        err.errno = getattr(e, "errno", None)
+        raise err from e
     return final
 
 
@@ -109,17 +175,95 @@ def prune_checkpoints(run: str | os.PathLike, keep_last: int) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The training state of a checkpoint directory (or of a run: its newest checkpoint)."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust: bool = False) -> dict:
+    """The training state of a checkpoint directory (or of a run: its newest checkpoint).
+
+    ``state.pt`` is checked against the digest in ``meta.json`` (when recorded) and read with
+    ``torch.load(weights_only=True)``; ``trust=True`` also reads files that need full
+    unpickling (checkpoints of older bulkformer versions), which runs code from the file.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        The file's digest differs from ``meta.json``'s, or it cannot be read.
+    UnsafeCheckpointError
+        The file holds pickled objects (older format or a planted payload) and not ``trust``.
+    """
     p = Path(path)
     if not (p / STATE_NAME).is_file():
         found = list_checkpoints(p)
         if not found:
             raise FileNotFoundError(f"{p}: no checkpoint (expected {STATE_NAME} or checkpoints/)")
         p = found[-1][1]
-    state = torch.load(p / STATE_NAME, map_location=map_location, weights_only=False)
+    f = p / STATE_NAME
+    try:
+        meta = json.loads((p / META_NAME).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    expected = meta.get("state_sha256") if isinstance(meta, dict) else None
+    if expected is not None and (actual := sha256_file(f)) != expected:
+        raise CorruptCheckpointError(
+            f"{f}: corrupt (sha256 {actual}, expected {expected} from {p / META_NAME})"
+        )
+    try:
+        state = torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CorruptCheckpointError(f"{f}: corrupt ({_first_line(e)})") from e
+        if not trust:
+            why = next((ln for ln in str(e).splitlines() if "Unsupported" in ln), "")
+            raise UnsafeCheckpointError(
+                f"{f}: refused: it holds pickled objects that loading would execute "
+                f"({why.strip() or 'not plain data'}). It was written by an older bulkformer "
+                "(before checkpoint format 2) or it is not a bulkformer checkpoint. Start a new "
+                "run (--force), or, only if you wrote this file yourself, pass "
+                "--trust-checkpoint"
+            ) from None
+        log.warning("%s: loading with full unpickling (--trust-checkpoint)", f)
+        state = torch.load(f, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or damaged zip (RuntimeError, OSError, EOFError, ...)
+        raise CorruptCheckpointError(f"{f}: corrupt or truncated ({_first_line(e)})") from e
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise CorruptCheckpointError(f"{f}: not a bulkformer training state")
     state["path"] = str(p)
     return state
+
+
+def load_latest(run: str | os.PathLike, map_location="cpu", *, trust: bool = False) -> dict:
+    """The newest checkpoint of ``run`` that loads; a damaged newer one is skipped with a
+    warning naming it (unsafe ones are never skipped: :class:`UnsafeCheckpointError`).
+
+    Raises
+    ------
+    FileNotFoundError
+        The run has no checkpoint.
+    CorruptCheckpointError
+        Every checkpoint is damaged.
+    """
+    found = list_checkpoints(run)
+    if not found:
+        raise FileNotFoundError(f"{checkpoint_dir(run)}: no checkpoint")
+    errors = []
+    for _, p in reversed(found):
+        try:
+            state = load_checkpoint(p, map_location, trust=trust)
+        except CorruptCheckpointError as e:
+            log.warning("%s: falling back to the previous checkpoint", e)
+            errors.append(str(e))
+            continue
+        if errors:
+            log.warning("resuming from %s, the newest valid checkpoint", p)
+        return state
+    raise CorruptCheckpointError(
+        f"{checkpoint_dir(run)}: none of the {len(found)} checkpoint(s) is valid ("
+        + "; ".join(errors)
+        + "): start the run over with --force"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def compare_fingerprints(saved: dict, current: dict) -> list[str]:

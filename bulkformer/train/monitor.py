@@ -37,6 +37,10 @@ COLUMNS = (
     "mfu",
     "val_mse",
     "val_baseline",
+    "val_sample_mse",
+    "val_gene_mean",
+    "val_knn",
+    "val_pca",
     "elapsed_s",
 )
 
@@ -185,8 +189,16 @@ class StepMonitor:
         if self.bar is not None:
             self.bar.update(1)
 
-    def val(self, step: int, epoch: int, val_mse: float | None, val_baseline: float | None):
-        """Write a validation row (nothing when there was no validation)."""
+    def val(
+        self,
+        step: int,
+        epoch: int,
+        val_mse: float | None,
+        val_baseline: float | None,
+        **extra: float,
+    ):
+        """Write a validation row (nothing when there was no validation); ``extra``: more
+        ``val_*`` columns (sample decoder and baseline MSEs)."""
         if self.metrics is not None and val_mse is not None:
             self.metrics.write(
                 kind="val",
@@ -195,10 +207,10 @@ class StepMonitor:
                 val_mse=val_mse,
                 val_baseline=val_baseline,
                 elapsed_s=time.perf_counter() - self.t_start,
+                **extra,
             )
-            log.info(
-                "step %d: val MSE %.4f vs gene-mean baseline %.4f", step, val_mse, val_baseline
-            )
+            more = "".join(f", {k[4:]} {v:.4f}" for k, v in extra.items())
+            log.info("step %d: val MSE %.4f vs z = 0 %.4f%s", step, val_mse, val_baseline, more)
 
     @contextmanager
     def aside(self):

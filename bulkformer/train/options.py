@@ -33,6 +33,11 @@ class PretrainOptions:
     contrastive_temperature: float = option(0.1, "temperature of the InfoNCE term")
     val_every: int = option(200, "validate every N steps (and at the end; 0: only at the end)")
     val_max_samples: int = option(0, "cap the validation rows (0: the whole val split)")
+    val_masks: int = option(4, "random masks of every validation row (the same each time)")
+    val_baselines: bool = option(
+        True, "also score gene-mean, kNN and PCA imputers on the validation positions"
+    )
+    val_baseline_rows: int = option(1000, "training rows the baselines are fitted on (0: all)")
     ckpt_every: int = option(500, "checkpoint every N steps (and at the end)")
     keep_last: int = option(3, "checkpoints kept (0: all)")
     log_every: int = option(10, "training rows in metrics.csv every N steps")
@@ -57,6 +62,11 @@ class PretrainOptions:
         aliases={"--ddp": "ddp", "--fsdp": "fsdp"},
     )
     resume: bool = option(False, "continue from the newest checkpoint in the run directory")
+    trust_checkpoint: bool = option(
+        False,
+        "--resume: also load a state.pt that needs full unpickling (written by bulkformer "
+        "before checkpoint format 2); runs code from the file, so only for files you wrote",
+    )
     force: bool = option(
         False, "resume although settings changed; without --resume: start an existing run over"
     )

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .._io import DirLock
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..model import BulkFormer, BulkFormerConfig
@@ -51,7 +52,12 @@ from .distributed import (
 )
 from .inputs import load_esm, resolve_config
 from .monitor import StepMonitor, plot_loss_curve
+from .objectives import pretrain_sse
 from .options import PretrainOptions, lr_at
+from .validation import BaselineImputers, val_mask
+
+#: the baselines scored beside the model at validation (``val_<name>`` in metrics.csv)
+VAL_BASELINES = ("gene_mean", "knn", "pca")
 
 __all__ = [
     "PretrainOptions",
@@ -83,10 +89,13 @@ class PretrainResult:
     train_loss: float  # mean training loss over the last logging window
     val_mse: float | None  # masked MSE on the val split at the end
     val_baseline: float | None  # gene-mean baseline (predict z = 0) on the same positions
-    tokens_per_s: float  # global tokens/s over the whole loop (validation, checkpoints included)
+    tokens_per_s: float | None  # global tokens/s over the loop (validation, checkpoints included)
     metrics: Path  # metrics.csv
     config: BulkFormerConfig = None  # type: ignore[assignment]
     history: list = field(default_factory=list)  # the val rows of metrics.csv
+    #: ``resume`` found the run already at ``steps``: nothing was trained or rewritten
+    already_finished: bool = False
+    val_extra: dict = field(default_factory=dict)  # val_sample_mse, val_gene_mean/knn/pca
 
 
 # ====================================================================== set-up helpers
@@ -109,9 +118,17 @@ def _clean(name: str) -> str:
 
 
 def _rng_state(masker: Masker) -> dict:
+    """The RNG states as tensors and plain containers (``torch.load(weights_only=True)``)."""
+    npst = np.random.get_state(legacy=False)  # MT19937: {"key": uint32 (624,), "pos": int}
     s = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, 625 ints, gauss_next)
+        "numpy": {
+            "bit_generator": npst["bit_generator"],
+            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "masker": masker.get_state().cpu(),
     }
@@ -121,12 +138,22 @@ def _rng_state(masker: Masker) -> dict:
 
 
 def _set_rng_state(s: dict, masker: Masker) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    random.setstate(_tuples(s["python"]))
+    n = s["numpy"]
+    if isinstance(n, dict):
+        key = n["key"].numpy().astype(np.uint32)
+        np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
+    else:  # a trusted checkpoint of format 1 (a numpy state tuple)
+        np.random.set_state(n)
     torch.set_rng_state(s["torch"])
     masker.set_state(s["masker"].to(masker.get_state().device))
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _tuples(v):
+    """Lists back to tuples (``random.setstate`` wants tuples)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -177,6 +204,8 @@ class _Run:
         self.last_ckpt: Path | None = None
         self.last_loss = float("nan")  # of the latest step
         self.window_loss: float | None = None  # mean over the latest logged window
+        self.val_extra: dict = {}  # the latest validation's val_* numbers beside val_mse
+        self.val_baseline_mse: dict | None = None  # baselines on the val positions (once)
 
     @property
     def train_loss(self) -> float:
@@ -309,7 +338,7 @@ class _Run:
             raise FileNotFoundError(
                 f"--resume: no checkpoint under {ckpt.checkpoint_dir(self.out)}"
             )
-        state = ckpt.load_checkpoint(found[-1][1])
+        state = ckpt.load_latest(self.out, trust=self.opts.trust_checkpoint)
         diffs = ckpt.compare_fingerprints(state["fingerprint"], self.fingerprint)
         if diffs:
             msg = (
@@ -363,8 +392,16 @@ class _Run:
         opts = self.opts
         with self._autocast():
             out = module(x, missing=missing, masked=masked)
-        sse = ((out.pred - x).square() * masked).sum()  # fp32
-        loss = sse / count * self.info.world
+        cfg = self.config
+        total, sse, _ = pretrain_sse(  # fp32 sums
+            out,
+            x,
+            masked,
+            cfg.sample_weight,
+            targets=cfg.sample_targets,
+            mask_fraction=opts.mask_fraction,
+        )
+        loss = total / count * self.info.world
         nce = torch.zeros((), device=x.device)
         if opts.contrastive_weight > 0:
             b = len(x) // 2
@@ -374,15 +411,20 @@ class _Run:
         return loss, sse.detach(), nce.detach()
 
     def validate(self) -> tuple[float | None, float | None]:
-        """Masked MSE of the model and of the gene-mean baseline (z = 0) on the val rows,
-        with masks from a fixed generator (the same positions at every validation)."""
+        """Masked MSE (z scale) of the model and of the z = 0 baseline on the val rows over
+        ``val_masks`` random masks (:func:`.validation.val_mask`: the same positions at every
+        validation). Also sets ``self.val_extra``: the sample decoder's MSE and, computed once
+        on the same positions, the gene-mean, kNN and PCA baselines fitted on training rows."""
         if len(self.val_rows) == 0:
             return None, None
         info, opts = self.info, self.opts
         module = self.model  # (under FSDP2 the model itself is the sharded module)
-        gen = Masker(opts.mask_fraction, opts.seed + 7919, self.device)
         b, GB = opts.batch_size, self.global_batch
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sse, z², count
+        terms = ["model", "zero", "sample", *VAL_BASELINES]
+        sums = torch.zeros(len(terms) + 1, dtype=torch.float64, device=self.device)  # sse…, n
+        imputers = None
+        if opts.val_baselines and self.val_baseline_mse is None:
+            imputers = self._baseline_imputers()
         expr = self.corpus.expression
         self.model.eval()
         try:
@@ -395,18 +437,45 @@ class _Run:
                     xb = torch.from_numpy(np.asarray(expr[rows], dtype=np.float16))
                     src = torch.from_numpy(self.source_index[rows])
                     x, missing = self._inputs(xb, src)
-                    masked = gen(~missing, GB, info.rank * b)[0]
-                    with self._autocast():
-                        pred = module(x, missing=missing, masked=masked).pred
-                    m = masked.double() * weight
-                    sums[0] += ((pred.double() - x.double()).square() * m).sum()
-                    sums[1] += (x.double().square() * m).sum()
-                    sums[2] += m.sum()
+                    observed = ~missing.cpu().numpy()
+                    for k in range(opts.val_masks):
+                        mk = val_mask(observed, rows, opts.mask_fraction, k, opts.seed + 7919)
+                        masked = torch.from_numpy(mk).to(self.device)
+                        with self._autocast():
+                            out = module(x, missing=missing, masked=masked)
+                        preds = {"model": out.pred, "zero": torch.zeros_like(x)}
+                        if out.sample_pred is not None:
+                            preds["sample"] = out.sample_pred
+                        if imputers is not None:
+                            for n, p in imputers.predict(x.cpu().numpy(), observed & ~mk).items():
+                                preds[n] = torch.from_numpy(np.array(p))  # a writable copy
+                        m = masked.double() * weight
+                        for i, n in enumerate(terms):
+                            if n in preds:
+                                p = preds[n].to(self.device).double()
+                                sums[i] += ((p - x.double()).square() * m).sum()
+                        sums[-1] += m.sum()
         finally:
             self.model.train()
         all_reduce(sums, info)
-        n = max(sums[2].item(), 1.0)
-        return sums[0].item() / n, sums[1].item() / n
+        mse = dict(zip(terms, (sums[:-1] / max(sums[-1].item(), 1.0)).tolist()))
+        if imputers is not None:
+            self.val_baseline_mse = {f"val_{n}": mse[n] for n in VAL_BASELINES}
+        self.val_extra = dict(self.val_baseline_mse or {})
+        if self.config.sample_weight > 0:
+            self.val_extra["val_sample_mse"] = mse["sample"]
+        return mse["model"], mse["zero"]
+
+    def _baseline_imputers(self) -> BaselineImputers:
+        """:class:`.validation.BaselineImputers` on up to ``val_baseline_rows`` training rows."""
+        rows = np.asarray(self.corpus.splits["train"])
+        n = self.opts.val_baseline_rows
+        if n and len(rows) > n:
+            rng = np.random.default_rng(self.opts.seed)
+            rows = np.sort(rng.choice(rows, n, replace=False))
+        x = np.asarray(self.corpus.expression[rows], dtype=np.float32)
+        observed = ~np.asarray(self.corpus.missing)[self.source_index[rows]]
+        return BaselineImputers(x, observed, fraction=self.opts.mask_fraction, seed=self.opts.seed)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> PretrainResult:
@@ -414,6 +483,8 @@ class _Run:
         when due, followed by validation and a checkpoint; then :meth:`_finish`."""
         opts = self.opts
         self._start()
+        if self.step >= opts.steps:
+            return self._already_finished()
         loader = self._loader()
         monitor = self._monitor()
         val = (None, None)  # (val MSE, gene-mean baseline) of the latest validation
@@ -447,7 +518,7 @@ class _Run:
             self.restore()
         elif opts.resume:
             log.warning("--resume: no checkpoint in %s yet, starting from step 0", self.out)
-        if info.is_main:
+        if info.is_main and self.step < opts.steps:  # a finished run's files stay as they are
             self.out.mkdir(parents=True, exist_ok=True)
             run = {
                 "config": self.config.to_dict(),
@@ -554,7 +625,7 @@ class _Run:
         if not ((opts.val_every and self.step % opts.val_every == 0) or self.step == opts.steps):
             return None
         val_mse, val_base = self.validate()
-        monitor.val(self.step, epoch, val_mse, val_base)
+        monitor.val(self.step, epoch, val_mse, val_base, **self.val_extra)
         return val_mse, val_base
 
     def _maybe_save(self) -> None:
@@ -562,6 +633,47 @@ class _Run:
         opts = self.opts
         if (opts.ckpt_every and self.step % opts.ckpt_every == 0) or self.step == opts.steps:
             self.save()
+
+    def _already_finished(self) -> PretrainResult:
+        """The result of a resumed run that is at ``steps`` already, read from its export's
+        training summary; nothing is rewritten. Only an export missing (killed after the last
+        checkpoint) is redone, with a fresh validation and no throughput."""
+        from .monitor import read_metrics
+
+        log.warning(
+            "%s is finished (step %d of --steps %d): nothing to train. To train further, "
+            "raise --steps and pass --force",
+            self.out,
+            self.step,
+            self.opts.steps,
+        )
+        try:
+            meta = json.loads((self.out / "pretrained" / "bulkformer.json").read_text())
+            summary = meta["training"]
+            if summary["steps"] != self.step:
+                raise ValueError("the export is of another step")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s/pretrained: %s; exporting the final model again", self.out, e)
+            rows = [r for r in read_metrics(self.out / "metrics.csv") if r["kind"] == "train"]
+            self.window_loss = rows[-1]["loss"] if rows else None
+            res = self._finish(*self.validate(), None)
+            res.already_finished = True
+            return res
+        metrics = self.out / "metrics.csv"
+        return PretrainResult(
+            out=self.out,
+            pretrained=self.out / "pretrained",
+            checkpoint=self.last_ckpt,
+            steps=self.step,
+            train_loss=summary.get("train_loss"),
+            val_mse=summary.get("val_mse"),
+            val_baseline=summary.get("val_gene_mean_baseline"),
+            tokens_per_s=summary.get("tokens_per_s"),
+            metrics=metrics,
+            config=self.config,
+            history=[r for r in read_metrics(metrics) if r["kind"] == "val"],
+            already_finished=True,
+        )
 
     def _finish(self, val_mse, val_base, tps) -> PretrainResult:
         from ..model.pretrained import export_pretrained
@@ -584,6 +696,7 @@ class _Run:
                 "train_loss": self.train_loss,
                 "val_mse": val_mse,
                 "val_gene_mean_baseline": val_base,
+                **self.val_extra,
                 "tokens_per_s": tps,
                 "world_size": info.world,
                 "options": self.opts.to_dict(),
@@ -615,6 +728,7 @@ class _Run:
             metrics=metrics_csv,
             config=self.config,
             history=history,
+            val_extra=dict(self.val_extra),
         )
 
 
@@ -666,6 +780,17 @@ def pretrain(
         ``force``.
     NonFiniteLossError
         The loss became NaN/inf; the last good checkpoint is kept (and named in the message).
+    CheckpointError
+        ``resume``: every checkpoint is damaged (a damaged newest one is skipped with a
+        warning), or the newest holds pickled objects (older format, planted payload) and not
+        ``trust_checkpoint``.
+    CheckpointWriteError
+        A checkpoint could not be written (a full disk); the older checkpoints are intact.
+    LockedError
+        Another process is writing the run directory (``OUT.lock`` is held).
+
+    A ``resume`` of a run already at ``steps`` trains nothing, rewrites nothing and returns
+    the recorded result with ``already_finished`` set.
     """
     opts = options.pop("options", None)
     if opts is None:
@@ -682,12 +807,17 @@ def pretrain(
         torch.set_num_threads(opts.threads)
     info = setup_distributed(opts.device)
     try:
-        run = _Run(corpus, out, esm, config, opts, info)
-        if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
-            for _, p in ckpt.list_checkpoints(out):
-                shutil.rmtree(p)
-        if info.distributed:
-            dist.barrier()
-        return run.train()
+        lock = nullcontext()
+        if info.is_main:  # one process writes a run directory at a time (rank 0 for a job)
+            out.parent.mkdir(parents=True, exist_ok=True)  # for OUT.lock
+            lock = DirLock(out, what="pretraining run")
+        with lock:
+            run = _Run(corpus, out, esm, config, opts, info)
+            if not opts.resume and opts.force and info.is_main:  # start over: drop the old run
+                for _, p in ckpt.list_checkpoints(out):
+                    shutil.rmtree(p)
+            if info.distributed:
+                dist.barrier()
+            return run.train()
     finally:
         teardown_distributed(info)

@@ -179,7 +179,7 @@ def test_format_errors(tmp_path):
         del f["meta/genes/symbol"], f["meta/genes/biotype"]
         del f["meta/genes/ensembl_gene_id"]
         f["meta/genes/ensembl_gene_id"] = np.array([b"ENSG1"] * 49, dtype=object)
-    with pytest.raises(ARCHS4FormatError, match=r"shape \(50, 20\) but meta/genes has 49"):
+    with pytest.raises(ARCHS4FormatError, match=r"is 50 × 20 but meta/genes has 49 entries"):
         ARCHS4File(p2)
     p3 = tmp_path / "notes.txt"
     p3.write_text("hello")

@@ -419,6 +419,54 @@ def test_hub_name_read_from_torch_hub_cache(tmp_path, tiny):
     torch.testing.assert_close(got, want)  # contact regression is not used, nor loaded
 
 
+class _Payload:
+    """Pickles to ``os.system("touch MARKER")``: runs when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path, tiny, monkeypatch):
+    """Local files and the torch hub cache are read with weights_only=True, also where torch's
+    own default would unpickle (torch < 2.6, torch.hub.load_state_dict_from_url)."""
+    model, _ = tiny
+    marker = tmp_path / "payload-ran"
+    good = tmp_path / "good.pt"
+    _save_checkpoint(model, good)
+    data = torch.load(good, weights_only=False)
+    data["cfg"]["extra"] = _Payload(marker)
+    bad = tmp_path / "bad.pt"
+    torch.save(data, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt: cannot be read as a fair-esm checkpoint"):
+        load_esm2(bad)
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        os.makedirs(tmp_path / "checkpoints")
+        torch.save(data, tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt")
+        with pytest.raises(ValueError, match="could not load ESM2 model"):
+            load_esm2("esm2_t6_8M_UR50D")
+        # not cached: the "download" (patched, no network) brings the payload
+        os.remove(tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt")
+        fetch = lambda url, dst, *a, **k: torch.save(data, dst)  # noqa: E731
+        monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+        with pytest.raises(ValueError, match="could not load ESM2 model"):
+            load_esm2("esm2_t6_8M_UR50D")
+        assert (tmp_path / "checkpoints" / "esm2_t6_8M_UR50D.pt").exists()  # it was fetched
+    finally:
+        torch.hub.set_dir(old)
+    assert not marker.exists()
+    # every torch.load of the loader passes weights_only=True explicitly
+    seen = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or load(*a, **k))
+    load_esm2(good)
+    assert seen and all(k.get("weights_only") is True for k in seen)
+
+
 def test_not_esm2_checkpoints(tmp_path):
     p1 = tmp_path / "weights.pt"
     torch.save({"linear.weight": torch.zeros(3, 3)}, p1)
@@ -449,10 +497,14 @@ def test_not_esm2_checkpoints(tmp_path):
 def test_fasta_without_ensembl_headers(tmp_path, tiny, fixture_data):
     model, _ = tiny
     _, ref = fixture_data
-    p = tmp_path / "uniprot.fa"
-    p.write_text(">sp|P04637|P53_HUMAN Cellular tumor antigen p53\nMEEPQSDPSV\n")
-    with pytest.raises(ValueError, match=r"uniprot\.fa: FASTA record .* without Ensembl 'gene:'"):
+    p = tmp_path / "plain.fa"
+    p.write_text(">P04637 Cellular tumor antigen p53\nMEEPQSDPSV\n")
+    with pytest.raises(ValueError, match=r"plain\.fa: FASTA record .* without Ensembl 'gene:'"):
         embed_genes(p, model, reference=ref, progress=False)
+    q = tmp_path / "uniprot.fa"  # UniProt, but no GN= symbol to map it by
+    q.write_text(">sp|P04637|P53_HUMAN Cellular tumor antigen p53\nMEEPQSDPSV\n")
+    with pytest.raises(ValueError, match=r"uniprot\.fa: none of its 1 UniProt proteins maps"):
+        embed_genes(q, model, reference=ref, progress=False)
 
 
 def test_empty_and_non_fasta(tmp_path):

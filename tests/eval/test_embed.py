@@ -35,11 +35,14 @@ def test_numpy_matches_reference_pipeline(counts, pretrained):
     al = align_values(genes, ref, "counts")
     v = log1p_tpm_ref(x, al.lengths, al.gene_map, len(ref))
     z = zscore_ref(v, st.mean, st.std, al.covered)
+    zt, miss = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(~al.covered)
     with torch.no_grad():
-        want = pretrained.model.embed_samples(
-            torch.from_numpy(z.astype(np.float32)), torch.from_numpy(~al.covered), "mean"
-        )
+        want = pretrained.model.embed_samples(zt, miss, "sample")  # the default: sample vector
+        mean = pretrained.model.embed_samples(zt, miss, "mean")
     np.testing.assert_allclose(emb, want.numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(want.numpy(), mean.numpy(), atol=1e-3)
+    emb_mean = embed(x, pretrained, gene_ids=genes, how="mean", progress=False)
+    np.testing.assert_allclose(emb_mean, mean.numpy(), rtol=1e-4, atol=1e-5)
     # batch size does not change the result
     emb3 = embed(x, pretrained, gene_ids=genes, batch_size=3, progress=False)
     np.testing.assert_allclose(emb3, emb, rtol=1e-4, atol=1e-5)
@@ -61,7 +64,7 @@ def test_anndata_inplace_sets_only_obsm_and_uns(counts, ckpt):
     assert list(adata.obsm.keys()) == ["X_bulkformer"]
     assert adata.obsm["X_bulkformer"].shape == (85, 16)
     u = adata.uns["bulkformer"]
-    assert u["model"] == str(ckpt) and u["pooling"] == "mean" and u["coverage"] == 1.0
+    assert u["model"] == str(ckpt) and u["pooling"] == "sample" and u["coverage"] == 1.0
     assert u["reference_id"] == pretrained_ref_id(ckpt)
     np.testing.assert_array_equal(adata.X, X0)
     pd.testing.assert_frame_equal(adata.obs, obs0)
@@ -112,7 +115,7 @@ def test_anndata_layer_gene_column_and_z(counts, corpus, pretrained):
 
 def test_gene_level_pools_to_sample_embedding(counts, pretrained):
     x, genes, _, _ = counts
-    emb, g = embed(x[:5], pretrained, gene_ids=genes, gene_level=True, progress=False)
+    emb, g = embed(x[:5], pretrained, gene_ids=genes, how="mean", gene_level=True, progress=False)
     assert g.shape == (5, 64, 16)
     np.testing.assert_allclose(g.mean(1), emb, rtol=1e-5, atol=1e-5)  # all 64 genes covered
 

@@ -53,9 +53,19 @@ def test_scores_vs_numpy():
 def test_impute_eval_real(corpus, pretrained):
     prep = prepare_input(corpus, pretrained)
     sp = corpus.splits
-    res = impute_eval(prep, pretrained, np.r_[sp["val"], sp["test"]], sp["train"], seed=0)
-    assert list(res.table.index) == ["bulkformer", "gene_mean", "knn"]
-    assert (res.table["n_masked"] == res.mask.sum()).all()
+    te, tr = np.r_[sp["val"], sp["test"]], sp["train"]
+    res = impute_eval(prep, pretrained, te, tr, seed=0, n_masks=2)
+    t = res.table
+    assert list(t.index) == ["bulkformer", "gene_mean", "knn", "pca"]
+    assert (t["n_masked"] == res.mask.sum()).all()  # the same positions for every method
     assert res.mask.sum(1).min() == round(0.15 * 64)
-    # kNN on real expression beats the gene mean
-    assert res.table.loc["knn", "mse"] < res.table.loc["gene_mean", "mse"]
+    # kNN and the linear imputer on real expression beat the gene mean, on both scales
+    for m in ("knn", "pca"):
+        assert t.loc[m, "mse"] < t.loc["gene_mean", "mse"]
+        assert t.loc[m, "pearson_r_z"] > t.loc["gene_mean", "pearson_r_z"] + 0.2
+    assert (t["pearson_r_std"] > 0).all()  # two masks differ
+    s = t.attrs["settings"]
+    assert s["n_masks"] == 2 and s["pca_k"] in set(res.validation.k)
+    # the gene mean is the column mean of the training rows (all 64 genes observed)
+    z = prep.z()
+    np.testing.assert_allclose(res.predictions["gene_mean"][0], z[tr].mean(0), atol=1e-5)

@@ -1,6 +1,9 @@
 """Probe protocol: folds, metrics against sklearn computed directly, baselines, bad labels."""
 
+import types
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -9,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bulkformer.eval import baselines, linear_probe, make_folds, probe
-from bulkformer.eval.probe import results_table
+from bulkformer.eval.probe import labels_of, results_table
 
 
 def _toy(seed=0, n=60, d=7):
@@ -71,6 +74,22 @@ def test_bad_labels():
     assert len(make_folds(y, n_splits=3)) == 3
 
 
+def test_missing_labels_are_refused_not_made_a_class():
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = np.array(["a", "b"] * 15, dtype=object)
+    y[[3, 8]] = np.nan
+    y[5] = None
+    for call in (lambda: make_folds(y, n_splits=3), lambda: linear_probe(X, y, [])):
+        with pytest.raises(ValueError, match=r"3 of 30 samples have no label.*e\.g\. 3, 5, 8"):
+            call()
+    with pytest.raises(ValueError, match="1 of 3 samples have no label"):
+        make_folds(["a", " ", "b"])
+    obs = pd.DataFrame({"tissue": ["a", np.nan, "b", "a"]}, index=["s1", "s2", "s3", "s4"])
+    prep = types.SimpleNamespace(obs=obs, n_obs=4)
+    with pytest.raises(ValueError, match=r"1 of 4 samples have no label.*column 'tissue'.*s2"):
+        labels_of(prep, "tissue")
+
+
 def test_probe_on_real_corpus(corpus, pretrained):
     res = probe(corpus, pretrained, "label", n_splits=3, progress=False)
     t = results_table(res)
@@ -79,3 +98,7 @@ def test_probe_on_real_corpus(corpus, pretrained):
     assert t.loc["logreg_log1p_tpm", "accuracy"] > 0.9
     with pytest.raises(ValueError, match="no label column 'tissue'"):
         probe(corpus, pretrained, "tissue", progress=False)
+    labels = np.array(corpus.samples["label"], dtype=object)
+    labels[:2] = np.nan
+    with pytest.raises(ValueError, match="2 of .* samples have no label"):
+        probe(corpus, pretrained, labels, progress=False)

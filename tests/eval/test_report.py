@@ -48,6 +48,8 @@ def test_evaluate_writes_report(corpus, ckpt, tmp_path):
         out=tmp_path / "r",
         n_splits=3,
         finetune_epochs=1,
+        rf_trees=20,
+        n_masks=1,
         progress=False,
     )
     out = tmp_path / "r"
@@ -60,16 +62,31 @@ def test_evaluate_writes_report(corpus, ckpt, tmp_path):
         "timings.csv",
         "classification_folds.csv",
         "confusion_linear_probe.csv",
+        "folds.tsv",
         "embeddings.npy",
     ):
         assert (out / name).stat().st_size > 0, name
     png = (out / "projections.png").read_bytes()
     assert png.startswith(PNG) and len(png) > 10000
     cls = pd.read_csv(out / "classification.csv", index_col=0)
-    assert list(cls.index) == ["linear_probe", "finetune", "logreg_log1p_tpm", "pca50_logreg"]
+    assert list(cls.index) == [
+        "linear_probe",
+        "rf_bulkformer",
+        "finetune",
+        "logreg_log1p_tpm",
+        "pca50_logreg",
+        "rf_log1p_tpm",
+    ]
     np.testing.assert_allclose(cls["f1_weighted"], rep.classification["f1_weighted"])
+    folds = pd.read_csv(out / "folds.tsv", sep="\t")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2] and len(folds) == 85
+    imp = pd.read_csv(out / "imputation.csv", index_col=0)
+    assert list(imp.index) == ["bulkformer", "gene_mean", "knn", "pca"]
     md = rep.markdown.read_text()
     assert "| linear_probe |" in md and "![projections](projections.png)" in md
+    lp = rep.classification.loc["linear_probe"]
+    assert f"{lp.f1_weighted:.3f} ± {lp.f1_weighted_std:.3f}" in md
+    assert "r_z" in md and "{" not in md  # tables, not a JSON dump
     assert "<table" in rep.html.read_text()
     assert {"embed", "umap:BulkFormer embedding", "tsne:log1p TPM (z)"} <= set(rep.timings)
     assert np.load(out / "embeddings.npy").shape == (85, 16)

@@ -35,6 +35,7 @@ def test_forward_backward_shapes(model):
     assert torch.equal(out.observed, ~(missing | masked))
     assert out.pool("mean").shape == out.pool("max").shape == (3, 32)
     loss = (out.pred - x)[masked & ~missing].square().mean()
+    loss = loss + (out.sample_pred - x)[masked & ~missing].square().mean()
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert no_grad == []  # e_noprot gets a zero gradient when every gene has a protein
@@ -179,6 +180,7 @@ def test_flops_and_mfu(model):
     assert n_tok < model.num_parameters()
     h = c.context_width
     want = 6 * n_tok + 12 * c.n_layers * c.d_model * G + 6 * (G * h + h * c.d_model) / G
+    want += 6 * c.d_model  # the sample decoder Linear(d → G), once per sample
     assert model.flops_per_token() == pytest.approx(want)
     assert model.estimate_mfu(1e6, peak_flops=1e12) == pytest.approx(want * 1e6 / 1e12)
 

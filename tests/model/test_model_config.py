@@ -61,7 +61,7 @@ def test_unknown_preset():
 
 
 @pytest.mark.parametrize(
-    "name,lo,hi", [("tiny", 0.8e6, 1.5e6), ("small", 8e6, 14e6), ("base100m", 90e6, 115e6)]
+    "name,lo,hi", [("tiny", 4.5e6, 5.5e6), ("small", 12e6, 15e6), ("base100m", 105e6, 125e6)]
 )
 def test_preset_sizes(name, lo, hi):
     c = BulkFormerConfig.from_preset(name)

@@ -1,3 +1,6 @@
+import json
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +8,7 @@ import torch
 from bulkformer.data.corpus import CorpusStats
 from bulkformer.data.genes import GeneReference, ReferenceMismatchError
 from bulkformer.model import BulkFormer, BulkFormerConfig
-from bulkformer.model.pretrained import export_pretrained, load_pretrained
+from bulkformer.model.pretrained import CorruptFileError, export_pretrained, load_pretrained
 
 
 def _ref(n=37, tag=""):
@@ -48,3 +51,48 @@ def test_mismatches_refused(tmp_path):
         export_pretrained(_model(ref), ref, stats, tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="not a pretrained BulkFormer"):
         load_pretrained(tmp_path)
+
+
+def _export(tmp_path):
+    ref = _ref()
+    r = np.random.default_rng(0)
+    stats = CorpusStats(r.normal(size=37), r.uniform(0.5, 2, 37), np.full(37, 10.0), ref.id, 10)
+    return export_pretrained(_model(ref).eval(), ref, stats, tmp_path / "ckpt", {"loss": np.nan})
+
+
+def test_flipped_weight_bytes_are_refused_naming_the_file_and_digests(tmp_path):
+    """200 flipped bytes in the tensor data of model.safetensors (a file that still parses and
+    embeds) are refused with both digests; so is a changed genes.tsv."""
+    out = _export(tmp_path)
+    meta = json.loads((out / "bulkformer.json").read_text())  # strict JSON: NaN became null
+    assert meta["loss"] is None and set(meta["files"]) == {
+        "config.json",
+        "model.safetensors",
+        "genes.tsv",
+        "stats.npz",
+    }
+    w = out / "model.safetensors"
+    b = bytearray(w.read_bytes())
+    pos = np.random.default_rng(1).choice(np.arange(len(b) - 2000, len(b)), 200, replace=False)
+    for i in pos:
+        b[i] ^= 0x5A
+    w.write_bytes(bytes(b))
+    BulkFormer.from_pretrained(out)  # still a valid safetensors file: only a digest sees it
+    with pytest.raises(CorruptFileError, match=r"model\.safetensors: corrupt.*expected") as e:
+        load_pretrained(out)
+    assert meta["files"]["model.safetensors"] in str(e.value)
+
+
+def test_truncated_weights_and_exports_without_checksums(tmp_path, caplog):
+    out = _export(tmp_path)
+    meta_path = out / "bulkformer.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]  # as an older bulkformer exported it
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(out)
+    assert "no file checksums" in caplog.text
+    w = out / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CorruptFileError, match=r"model\.safetensors: not a readable safetensors"):
+        load_pretrained(out)

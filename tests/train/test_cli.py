@@ -43,6 +43,7 @@ NON_DEFAULT = {
     "distributed": ("fsdp", ["--fsdp"]),
     "resume": (True, ["--resume"]),
     "force": (True, ["--force"]),
+    "trust_checkpoint": (True, ["--trust-checkpoint"]),
     "progress": (False, ["--no-progress"]),
     "tensorboard": (False, ["--tensorboard", "off"]),
     "peak_flops": (1.5e15, ["--peak-flops", "1.5e15"]),
@@ -68,7 +69,7 @@ def test_flags_reach_pretrain_with_their_types(monkeypatch):
 
     def fake_pretrain(corpus, out, *, esm=None, config="tiny", **options):
         seen.update(corpus=corpus, out=out, esm=esm, config=config, **options)
-        return types.SimpleNamespace(pretrained=None)
+        return types.SimpleNamespace(pretrained=None, already_finished=False)
 
     monkeypatch.setattr(
         importlib.import_module("bulkformer.train.pretrain"), "pretrain", fake_pretrain
