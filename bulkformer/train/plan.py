@@ -6,7 +6,8 @@
     static       params (fp32) + buffers (ESM2 matrix) + AdamW state (2 × fp32), sharded by FSDP
     grads        fp32, one per parameter (sharded by FSDP; DDP adds its bucket copy)
     weights16    bf16 copies of the Linear weights that autocast saves for backward
-    activations  tensors autograd saves: embedding, each encoder block, final norm, head, loss
+    activations  tensors autograd saves: embedding, each encoder block (G + 1 tokens with the
+                 [SAMPLE] token), final norm, head, sample decoder, loss
     transient    the largest short-lived buffers around the peak (start of backward)
 
 Per token and block, the saved activations are (a = 2 bytes under bf16 autocast, 4 in fp32;
@@ -209,16 +210,40 @@ class MemoryPlan:
 
 
 def _counts(cfg) -> dict:
-    """Parameter counts by part, from the config (same as ``BulkFormer.num_parameters``)."""
+    """Parameter counts by part, from the config (same as ``BulkFormer.num_parameters``):
+    the ablation switches (``esm_identity``, ``context_mlp``, ``sample_token``) and the sample
+    decoder (``sample_weight > 0``, ``sample_decoder``) included."""
     d, m, G, h, de = cfg.d_model, cfg.mlp_width, cfg.n_genes, cfg.context_width, cfg.d_esm
     bias = 1 if cfg.bias else 0
     attn = d * 3 * d + bias * 3 * d + d * d + bias * d
     mlp = d * m + bias * m + m * d + bias * d
     block = attn + mlp + 4 * d  # + two LayerNorms
     lin_w_block = 3 * d * d + d * d + 2 * d * m  # Linear weights (autocast copies)
-    emb = de * d + d + 2 * d + G * h + h + h * d + d  # esm_proj, e_noprot, e_mask, context MLP
-    root = emb + 2 * d + d + 1  # + final norm + head
-    lin_w_root = de * d + G * h + h * d + d
+    emb = d  # e_mask
+    lin_w_root = d  # head
+    largest = [d * m, 3 * d * d]
+    if cfg.esm_identity:  # esm_proj (weight, bias) + e_noprot
+        emb += de * d + d + d
+        lin_w_root += de * d
+        largest.append(de * d)
+    else:  # a learned (G, d) identity table
+        emb += G * d
+        largest.append(G * d)
+    if cfg.context_mlp:  # Linear(G → h) → ReLU → Linear(h → d)
+        emb += G * h + h + h * d + d
+        lin_w_root += G * h + h * d
+        largest.append(G * h)
+    decoder = 0
+    if cfg.sample_weight > 0:  # LayerNorm → Linear(d → G), or "gene": Linear(d → d) + G biases
+        if cfg.sample_decoder == "linear":
+            decoder = 2 * d + d * G + G
+            lin_w_root += d * G
+            largest.append(d * G)
+        else:
+            decoder = 2 * d + d * d + d + G
+            lin_w_root += d * d
+    sample = d if cfg.sample_token else 0
+    root = emb + sample + decoder + 2 * d + d + 1  # + final norm + head
     return dict(
         block=block,
         root=root,
@@ -226,7 +251,7 @@ def _counts(cfg) -> dict:
         lin_w=cfg.n_layers * lin_w_block + lin_w_root,
         lin_w_block=lin_w_block,
         per_token=cfg.n_layers * block + 2 * d + d + 1,
-        largest=max(G * h, de * d, d * m, 3 * d * d),
+        largest=max(largest),
     )
 
 
@@ -290,7 +315,9 @@ def plan_memory(
         cfg.n_heads,
         cfg.n_layers,
     )
-    T = B * G  # tokens
+    T = B * G  # gene tokens
+    S1 = G + 1 if cfg.sample_token else G  # tokens the encoder runs: [SAMPLE] + G genes
+    TE = B * S1
     a = 2 if amp else 4  # bytes of an activation element
     n = _counts(cfg)
     W = fsdp_world
@@ -299,41 +326,53 @@ def plan_memory(
     params = 4 * shard(n["total"])
     grads = 4 * shard(n["total"]) * (2 if ddp and W == 1 else 1)
     optimizer = 8 * shard(n["total"])
-    buffers = 4 * G * cfg.d_esm + G  # ESM2 matrix (fp32), has_protein
+    buffers = 4 * G * cfg.d_esm + G if cfg.esm_identity else 0  # ESM2 matrix (fp32), has_protein
     inputs = accum * B * G * (4 + 1 + 1)  # x fp32, missing, masked (bool)
     fsdp_unsharded = 0
     if W > 1:  # root group (embedding, norm, head) stays gathered; 2 blocks gathered + 1 grad
         fsdp_unsharded = 4 * (n["root"] + 3 * n["block"])
 
     # ---- saved activations
-    block_full = T * (a * (8 * d + 2 * m) + 16 + 4 * H)
+    # the residual stream's element size: under autocast the ESM2 projection makes it bf16, but
+    # a learned identity table (esm_identity off) is fp32 and so is the embedding sum then
+    r = 4 if amp and not cfg.esm_identity else a
+    block_full = TE * (a * (6 * d + 2 * m) + r * 2 * d + 16 + 4 * H)
     if cfg.dropout > 0:
-        block_full += T * 2 * d  # the two residual dropout masks (bool)
+        block_full += TE * 2 * d  # the two residual dropout masks (bool)
     acts = {}
     emb = T * (1 + 1)  # hide, and its expanded view's condition (bool)
-    emb += B * G * a + B * cfg.context_width * a * 2  # context MLP inputs
-    if amp:
+    if cfg.context_mlp:
+        emb += B * G * a + B * cfg.context_width * a * 2  # context MLP inputs
+    if amp and cfg.esm_identity:
         emb += G * cfg.d_esm * 2  # bf16 copy of the ESM2 matrix saved by esm_proj
     if not triton:
         emb += 0  # the reference keeps no (B, G, d) tensor for backward (x is data)
     acts["embedding"] = emb
-    final = T * (2 * a * d + 8 + 9)  # final norm input + head input (a·d each), stats, loss
+    # final norm input (a·d per encoder token) and statistics, head input (a·d per gene),
+    # token loss (pred − x fp32, mask)
+    final = TE * (r * d + 8) + T * (a * d + 9)
+    if cfg.sample_weight > 0:
+        # sample decoder: its norm input/stats and Linear input (B × d: small); the residual
+        # head's sum and the sample loss's (sample_pred − x) fp32 and not-missing mask per gene
+        final += B * (2 * a * d + 8) + T * (4 + 1 + 1)
+        if cfg.sample_decoder == "gene":
+            final += B * d * a + G * d * a  # the (B, d) product's inputs: y and the identities
     # Transients. Backward frees each node's saved tensors right after the node runs, so what
     # it adds at a time is about one gradient of the MLP hidden (a·m per token). Under
     # autocast the final norm output (fp32, 4·d) is alive at the end of forward. With
     # checkpointing the last block is recomputed after the head and final norm have been
     # backpropagated (their saved tensors freed): its saved tensors, the residual gradient (a·d)
     # and the same MLP gradient are then alive at once.
-    t_fwd = T * 4 * d if amp else 0
-    t_bwd = T * a * m
+    t_fwd = TE * 4 * d if amp else 0
+    t_bwd = TE * a * m
     if ckpt:
-        acts[f"block inputs (checkpointed) × {L}"] = L * T * a * d
-        if final + t_fwd >= block_full + t_bwd + T * a * d:
+        acts[f"block inputs (checkpointed) × {L}"] = L * TE * r * d
+        if final + t_fwd >= block_full + t_bwd + TE * r * d:
             acts["final norm, head, loss"] = final
             transient = t_fwd
         else:
             acts["one recomputed block"] = block_full
-            transient = t_bwd + T * a * d
+            transient = t_bwd + TE * r * d
     else:
         acts[f"encoder blocks × {L}"] = L * block_full
         acts["final norm, head, loss"] = final
@@ -345,9 +384,15 @@ def plan_memory(
         adamw
     ]
 
-    # ---- FLOPs (the model's formula: 6N + 12·L·d·S per token, context MLP amortised)
+    # ---- FLOPs (the model's formula, BulkFormer.flops_per_token: 6N + 12·L·d·S per gene
+    # token, the context MLP and the sample decoder amortised over the G tokens of a sample;
+    # the one [SAMPLE] token and the ESM2 projection are left out, as there)
     h = cfg.context_width
-    per_tok = 6 * n["per_token"] + 12 * L * d * G + 6 * (G * h + h * d) / G
+    per_tok = 6 * n["per_token"] + 12 * L * d * G
+    if cfg.context_mlp:
+        per_tok += 6 * (G * h + h * d) / G
+    if cfg.sample_weight > 0:
+        per_tok += 6 * d * (G if cfg.sample_decoder == "linear" else d + G) / G
     flops_model = per_tok * T
     flops_hw = flops_model + (2 * L * n["block"] + 4 * L * d * G) * T if ckpt else flops_model
     return MemoryPlan(
@@ -580,7 +625,8 @@ def measure_train_step(
     timed_steps: int = 0,
 ) -> dict:
     """Run ``steps`` pretraining steps of a random model on random data, the way
-    :func:`bulkformer.train.pretrain` does (autocast, masked MSE, clipping, AdamW), and measure the
+    :func:`bulkformer.train.pretrain` does (autocast, the pretraining objective
+    :func:`~bulkformer.train.objectives.pretrain_sse`, clipping, AdamW), and measure the
     last one: peak memory (the step's tensors alive before it + the peak of what it allocates),
     seconds, tokens/s.
 
@@ -591,6 +637,7 @@ def measure_train_step(
     import torch
 
     from ..model import BulkFormer
+    from .objectives import pretrain_sse
 
     dev = torch.device(device)
     cfg = config.replace(activation_checkpointing=bool(checkpointing))
@@ -615,8 +662,12 @@ def measure_train_step(
     def step():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             out = fwd(x, missing=missing, masked=masked)
-        loss = ((out.pred - x).square() * masked).sum() / masked.sum().clamp_min(1)
-        del out
+        total, _, _ = pretrain_sse(
+            out, x, masked, cfg.sample_weight, targets=cfg.sample_targets,
+            mask_fraction=mask_fraction,
+        )  # fmt: skip
+        loss = total / masked.sum().clamp_min(1)
+        del out, total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

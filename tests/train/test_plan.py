@@ -42,7 +42,8 @@ def test_block_activation_formula_is_exact(amp):
     cfg = BulkFormerConfig(**{**SMALL, "d_model": 48, "n_heads": 6, "n_genes": 97})
     B = 3
     blk = Block(cfg)
-    x = torch.randn(B, cfg.n_genes, cfg.d_model, dtype=torch.bfloat16 if amp else torch.float32)
+    S = cfg.n_genes + 1  # the encoder runs the [SAMPLE] token and the G gene tokens
+    x = torch.randn(B, S, cfg.d_model, dtype=torch.bfloat16 if amp else torch.float32)
     seen = _saved_bytes(blk, x.requires_grad_(True), amp=amp)
     weights = {p.untyped_storage().data_ptr() for p in blk.parameters()}
     acts = sum(n for k, (n, _) in seen.items() if k not in weights)
@@ -66,8 +67,14 @@ def test_block_activation_formula_is_exact(amp):
          1, False, "fp32"),
         ({"n_genes": 2000, "d_model": 32, "n_heads": 2, "n_layers": 1, "context_hidden": 256},
          1, False, "bf16"),
+        # the ablations: learned identity table, no context MLP, no [SAMPLE] token, no decoder
+        ({"esm_identity": False, "context_mlp": False, "sample_token": False,
+          "sample_weight": 0.0, "pooling": "mean"}, 4, False, "fp32"),
+        ({"esm_identity": False, "context_mlp": False}, 3, True, "bf16"),
+        ({"sample_decoder": "gene", "residual_head": False, "n_genes": 389}, 3, False, "bf16"),
     ],
-    ids=["fp32", "fp32-ckpt", "fp32-odd", "bf16", "params-heavy", "params-heavy-bf16"],
+    ids=["fp32", "fp32-ckpt", "fp32-odd", "bf16", "params-heavy", "params-heavy-bf16",
+         "switches-off", "no-esm-no-ctx-ckpt-bf16", "gene-decoder-bf16"],
 )  # fmt: skip
 def test_plan_within_15_percent_of_measured_cpu_peak(over, B, ckpt, precision):
     cfg = BulkFormerConfig(**{**SMALL, **over})
@@ -111,6 +118,9 @@ def test_plan_counts_and_flops_match_the_model():
     for cfg in (
         BulkFormerConfig.from_preset("tiny", n_genes=300),
         BulkFormerConfig(**{**SMALL, "bias": False, "mlp_ratio": 3.0}),
+        BulkFormerConfig(**{**SMALL, "esm_identity": False, "context_mlp": False}),
+        BulkFormerConfig(**{**SMALL, "sample_token": False, "sample_weight": 0.0}),
+        BulkFormerConfig(**{**SMALL, "sample_decoder": "gene"}),
     ):
         model = BulkFormer(cfg)
         p = plan_memory(cfg, micro_batch=3, precision="fp32")
