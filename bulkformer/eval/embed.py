@@ -32,7 +32,7 @@ from ..data.array import ArraySource
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..data.h5ad import anndata_matrix, anndata_source
-from ..data.matrix import align_matrix
+from ..data.matrix import VALUE_KINDS, align_matrix
 from ..data.normalize import standardize, z_params
 from ..data.source import ExpressionSource, align_genes
 
@@ -41,7 +41,7 @@ __all__ = [
     "prepare_input",
     "PreparedInput",
     "resolve_pretrained",
-    "VALUES",
+    "INPUT_VALUE_KINDS",
     "LOW_COVERAGE",
     "MIN_GENE_OVERLAP",
     "MAX_ABS_Z",
@@ -49,8 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: what the numbers of a matrix input are; "z" = z-scores already in the checkpoint's scale
-VALUES = ("counts", "tpm", "log1p_tpm", "z")
+#: what the numbers of a matrix input to a checkpoint are: the corpus value kinds, or "z" =
+#: z-scores already in the checkpoint's scale
+INPUT_VALUE_KINDS = (*VALUE_KINDS, "z")
 #: below this fraction of reference genes matched, :func:`prepare_input` warns
 LOW_COVERAGE = 0.5
 #: default floor of the fraction of the checkpoint's reference genes a matrix input must cover
@@ -223,8 +224,8 @@ def _source_input(src: ExpressionSource, pretrained, kind, floor) -> PreparedInp
 
 
 def _matrix_input(x, gene_ids, pretrained, values, obs, kind, where, floor) -> PreparedInput:
-    if values not in VALUES:
-        raise ValueError(f"values={values!r}: expected one of {', '.join(VALUES)}")
+    if values not in INPUT_VALUE_KINDS:
+        raise ValueError(f"values={values!r}: expected one of {', '.join(INPUT_VALUE_KINDS)}")
     if gene_ids is None:
         raise ValueError(f"{where}: gene_ids= are needed to align a matrix to the gene reference")
     if values == "z":
@@ -240,8 +241,8 @@ def _matrix_input(x, gene_ids, pretrained, values, obs, kind, where, floor) -> P
 
 
 def _anndata_input(adata, pretrained, values, layer, gene_column, floor) -> PreparedInput:
-    if values not in VALUES:
-        raise ValueError(f"values={values!r}: expected one of {', '.join(VALUES)}")
+    if values not in INPUT_VALUE_KINDS:
+        raise ValueError(f"values={values!r}: expected one of {', '.join(INPUT_VALUE_KINDS)}")
     if values == "z":
         x, genes, obs, where = anndata_matrix(adata, layer=layer, gene_column=gene_column)
         return _z_input(x, genes, pretrained, obs, "anndata", where, floor)

@@ -112,7 +112,7 @@ def embed_sharded(
     pre,
     parts,
     *,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     chunk_rows: int = 1024,
     device=None,
@@ -138,6 +138,7 @@ def embed_sharded(
     from tqdm.auto import tqdm
 
     parts = Path(parts)
+    how = how or pre.model.config.pooling  # None: the checkpoint's pooling, as embed()
     chunk_rows = -(-max(chunk_rows, batch_size) // batch_size) * batch_size
     _check_manifest(parts, _fingerprint(prep, pre, how, chunk_rows), rank == 0, barrier)
     chunks = chunk_ranges(prep.n_obs, chunk_rows)
@@ -210,7 +211,7 @@ def embed_distributed(
     gene_ids=None,
     layer: str | None = None,
     gene_column: str | None = None,
-    how: str = "mean",
+    how: str | None = None,
     batch_size: int = 16,
     chunk_rows: int = 1024,
     device=None,
@@ -274,7 +275,8 @@ def run_embed_cli(args, data, kw: dict) -> int:
             adata = data
         adata.obsm[args.key_added] = emb
         info = dict(adata.uns.get("bulkformer", {}))
-        info.update(model=str(args.checkpoint), pooling=args.how, key_added=args.key_added)
+        pooling = args.how or resolve_pretrained(args.checkpoint).model.config.pooling
+        info.update(model=str(args.checkpoint), pooling=pooling, key_added=args.key_added)
         adata.uns["bulkformer"] = info
         with atomic_file(out) as tmp:
             adata.write_h5ad(tmp)

@@ -37,15 +37,19 @@ import json
 import logging
 import os
 import pickle
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._io import json_safe, replace_dir, sha256_file
 
 __all__ = [
+    "rng_state",
+    "set_rng_state",
     "STATE_FORMAT",
     "CheckpointError",
     "CheckpointMismatchError",
@@ -280,3 +284,42 @@ def compare_fingerprints(saved: dict, current: dict) -> list[str]:
 
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
+
+
+def rng_state(masker) -> dict:
+    """The RNG states as tensors and plain containers (``torch.load(weights_only=True)``)."""
+    npst = np.random.get_state(legacy=False)  # MT19937: {"key": uint32 (624,), "pos": int}
+    s = {
+        "python": random.getstate(),  # (version, 625 ints, gauss_next)
+        "numpy": {
+            "bit_generator": npst["bit_generator"],
+            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "masker": masker.get_state().cpu(),
+    }
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict, masker) -> None:
+    random.setstate(_tuples(s["python"]))
+    n = s["numpy"]
+    if isinstance(n, dict):
+        key = n["key"].numpy().astype(np.uint32)
+        np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
+    else:  # a trusted checkpoint of format 1 (a numpy state tuple)
+        np.random.set_state(n)
+    torch.set_rng_state(s["torch"])
+    masker.set_state(s["masker"].to(masker.get_state().device))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _tuples(v):
+    """Lists back to tuples (``random.setstate`` wants tuples)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v

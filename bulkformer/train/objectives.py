@@ -18,8 +18,9 @@ vector to hold the sample's state.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["masked_sse", "pretrain_sse"]
+__all__ = ["info_nce", "masked_sse", "pretrain_sse"]
 
 
 def masked_sse(pred: torch.Tensor, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -68,3 +69,11 @@ def pretrain_sse(
             )
         return token + sample_weight * sample, token, sample
     return token, token, torch.zeros((), device=token.device)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two views (B, D) (in-batch negatives of this rank)."""
+    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    logits = z1 @ z2.T / tau  # (B, B)
+    labels = torch.arange(len(z1), device=z1.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .._io import DirLock
 from ..data.corpus import Corpus
@@ -52,7 +51,7 @@ from .distributed import (
 )
 from .inputs import load_esm, resolve_config
 from .monitor import StepMonitor, plot_loss_curve
-from .objectives import pretrain_sse
+from .objectives import info_nce, pretrain_sse
 from .options import PretrainOptions, lr_at
 from .validation import BaselineImputers, val_mask
 
@@ -115,53 +114,6 @@ def _clean(name: str) -> str:
     for pre in ("_fsdp_wrapped_module.", "module.", "_orig_mod.", "_checkpoint_wrapped_module."):
         name = name.replace(pre, "")
     return name
-
-
-def _rng_state(masker: Masker) -> dict:
-    """The RNG states as tensors and plain containers (``torch.load(weights_only=True)``)."""
-    npst = np.random.get_state(legacy=False)  # MT19937: {"key": uint32 (624,), "pos": int}
-    s = {
-        "python": random.getstate(),  # (version, 625 ints, gauss_next)
-        "numpy": {
-            "bit_generator": npst["bit_generator"],
-            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
-            "pos": int(npst["state"]["pos"]),
-            "has_gauss": int(npst["has_gauss"]),
-            "gauss": float(npst["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "masker": masker.get_state().cpu(),
-    }
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict, masker: Masker) -> None:
-    random.setstate(_tuples(s["python"]))
-    n = s["numpy"]
-    if isinstance(n, dict):
-        key = n["key"].numpy().astype(np.uint32)
-        np.random.set_state((n["bit_generator"], key, n["pos"], n["has_gauss"], n["gauss"]))
-    else:  # a trusted checkpoint of format 1 (a numpy state tuple)
-        np.random.set_state(n)
-    torch.set_rng_state(s["torch"])
-    masker.set_state(s["masker"].to(masker.get_state().device))
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _tuples(v):
-    """Lists back to tuples (``random.setstate`` wants tuples)."""
-    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def _info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Symmetric InfoNCE between two views (B, D) (in-batch negatives of this rank)."""
-    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
-    logits = z1 @ z2.T / tau  # (B, B)
-    labels = torch.arange(len(z1), device=z1.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 # ====================================================================== the run
@@ -272,7 +224,7 @@ class _Run:
         """The whole training state (``state.pt``) on rank 0, None on the other ranks (all
         ranks take part: RNG states are gathered, FSDP shards too)."""
         info = self.info
-        rng = _rng_state(self.masker)
+        rng = ckpt.rng_state(self.masker)
         if info.distributed:
             rngs = [None] * info.world
             dist.all_gather_object(rngs, rng)
@@ -308,7 +260,7 @@ class _Run:
                 "the checkpoint's (corpus splits or block size changed)"
             )
         rngs = state["rng"]
-        _set_rng_state(rngs[self.info.rank if self.info.rank < len(rngs) else 0], self.masker)
+        ckpt.set_rng_state(rngs[self.info.rank if self.info.rank < len(rngs) else 0], self.masker)
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
@@ -406,7 +358,7 @@ class _Run:
         if opts.contrastive_weight > 0:
             b = len(x) // 2
             pooled = out.pool("mean").float()  # (2b, D)
-            nce = _info_nce(pooled[:b], pooled[b:], opts.contrastive_temperature)
+            nce = info_nce(pooled[:b], pooled[b:], opts.contrastive_temperature)
             loss = loss + opts.contrastive_weight * nce / opts.accum
         return loss, sse.detach(), nce.detach()
 
