@@ -124,9 +124,11 @@ def write_atomic(
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk in write/fsync
+            raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e})") from e
         raise
 
 

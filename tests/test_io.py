@@ -147,3 +147,21 @@ def test_dir_lock_never_locks_a_removed_lock_file(tmp_path, monkeypatch):
     with pytest.raises(_io.LockedError):
         _io.DirLock(d).acquire()
     lock.release()
+
+
+def test_write_atomic_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    from bulkformer import _io
+
+    dest = tmp_path / "run.json"
+    dest.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_io.os, "fsync", full)
+    with pytest.raises(OSError, match=r"run\.json: cannot write \(No space left on device\)"):
+        _io.write_atomic(dest, b"new")
+    assert dest.read_bytes() == b"old"  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left

@@ -97,8 +97,13 @@ class MetricsLog:
 
     def write(self, **row) -> None:
         clean = {k: ("" if v is None else v) for k, v in row.items()}
-        self._w.writerow(clean)
-        self._f.flush()
+        try:
+            self._w.writerow(clean)
+            self._f.flush()
+        except OSError as e:  # a full disk: name the file (the checkpoints are kept)
+            raise OSError(
+                e.errno, f"{self.path}: cannot append the metrics row ({e.strerror or e})"
+            ) from e
         if self.tb is not None:
             step = int(row["step"])
             for k, v in row.items():

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .._io import DirLock
+from .._io import DirLock, write_atomic
 from ..data.corpus import Corpus
 from ..data.genes import ReferenceMismatchError
 from ..model import BulkFormer, BulkFormerConfig
@@ -479,7 +479,7 @@ class _Run:
                 "world_size": info.world,
                 "esm": self.esm_fp,
             }
-            (self.out / "run.json").write_text(json.dumps(run, indent=1, default=str))
+            write_atomic(self.out / "run.json", json.dumps(run, indent=1, default=str).encode())
 
     def _loader(self) -> BatchLoader:
         """This rank's batches, from the current data position."""
