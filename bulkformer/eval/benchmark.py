@@ -202,6 +202,7 @@ def run_benchmark(
     values: str = "counts",
     layer: str | None = None,
     gene_column: str | None = None,
+    min_gene_overlap: float = 0.5,
     how: str | None = None,
     batch_size: int = 16,
     device=None,
@@ -229,6 +230,8 @@ def run_benchmark(
     out : output directory (see the module docstring); refused when it is not empty unless
         ``overwrite``.
     n_splits, seed : stratified K-fold; ``folds_file``: reuse the folds of a ``folds.tsv``.
+    min_gene_overlap : fraction of the checkpoint's genes the input must cover (see
+        :func:`~bulkformer.eval.embed.prepare_input`).
     how : pooling passed to the model (``None``: the embedding's default).
     finetune, finetune_epochs, patience : add cross-validated fine-tuning (slow on a CPU).
     impute, impute_fraction, impute_samples, n_masks : the imputation comparison.
@@ -254,7 +257,10 @@ def run_benchmark(
     where = where or _describe(data)
     t_start = time.perf_counter()
     pre = resolve_pretrained(pretrained)
-    prep = prepare_input(data, pre, values=values, layer=layer, gene_column=gene_column)
+    prep = prepare_input(
+        data, pre, values=values, layer=layer, gene_column=gene_column,
+        min_gene_overlap=min_gene_overlap,
+    )  # fmt: skip
     if prep.n_matched == 0:
         raise ValueError(
             f"{where}: none of its genes is in the checkpoint's gene reference "

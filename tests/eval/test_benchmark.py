@@ -204,3 +204,18 @@ def test_benchmark_h5ad_input(corpus, ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1, err
     assert "only 0 of 64 genes of the checkpoint's reference" in err, err
+
+
+def test_benchmark_passes_min_gene_overlap_to_the_input_check(corpus, ckpt, tmp_path, capsys):
+    # 90% of the checkpoint's genes present: accepted by default, refused when 0.99 is asked
+    adata = corpus.to_anndata()
+    n_bad = max(1, adata.n_vars // 10)
+    adata.var_names = [f"X{i}" for i in range(n_bad)] + list(adata.var_names[n_bad:])
+    adata.write_h5ad(tmp_path / "part.h5ad")
+    rc = main(
+        ["benchmark", str(ckpt), "--input", str(tmp_path / "part.h5ad"), "--values", "z",
+         "--label", "label", "--min-gene-overlap", "0.99", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "lower min_gene_overlap" in err, err
+    assert not (tmp_path / "o").exists()
