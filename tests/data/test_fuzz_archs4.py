@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from corpus_data import make_reference
 
+import bulkformer
 from bulkformer.data.synthetic import make_archs4
 
 SEEDS = range(6)
@@ -86,10 +87,15 @@ def test_byte_flips_never_crash_and_errors_name_the_file(clean):
             _flip(f, np.random.default_rng(seed), n, where, spans)
             cases.append({"file": str(f), "ref": ref, "out": str(d / f"out_{f.stem}"),
                           "where": where})  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    # the child imports the package these tests imported (an installed copy has the built
+    # extension; the checkout's source tree, first on ``python -c``'s path from the repo root,
+    # may not), and runs outside the checkout
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(bulkformer.__file__)))
+    path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     res = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(cases)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=env, cwd=d,
     )  # fmt: skip
     results = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert res.returncode == 0 and len(results) == len(cases), (

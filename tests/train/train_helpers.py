@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 
 #: options shared by the quick tests (tiny model, small batches, one thread, no extras)
 FAST = dict(
@@ -45,7 +44,12 @@ def fast_cli_args(**over) -> list[str]:
 
 
 def subprocess_env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    """Environment of a child process: one thread, and the package these tests imported (an
+    installed copy has the built extension, the checkout's source tree may not)."""
+    import bulkformer
+
+    pkg_parent = Path(bulkformer.__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(pkg_parent), **extra)
     env.pop("WORLD_SIZE", None)
     return env
 
