@@ -218,6 +218,8 @@ class DirLock:
             return self
         if self._fd is not None:
             raise RuntimeError(f"{self.lockfile} is already held by this DirLock")
+        # the directory's parent may not exist yet (``--out new/dir``): writers create it
+        self.lockfile.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -100,6 +100,20 @@ def test_dir_lock_refuses_a_second_holder_at_once_and_names_the_first(tmp_path):
         pass
 
 
+def test_dir_lock_creates_missing_parent_directories(tmp_path):
+    from bulkformer.data.archs4 import ARCHS4Source
+    from bulkformer.data.corpus import build_corpus
+    from bulkformer.data.demo import demo_path
+
+    d = tmp_path / "new" / "deeper" / "run"
+    with _io.DirLock(d) as lock:
+        assert lock.held and lock.lockfile.parent.is_dir()
+    # a corpus build into a directory whose parents do not exist yet (``--out new/dir``)
+    out = tmp_path / "a" / "b" / "corpus"
+    c = build_corpus(ARCHS4Source(demo_path()), out, min_nonzero=9000, progress=False)
+    assert (out / "manifest.json").is_file() and len(c) == 85
+
+
 def test_dir_lock_is_released_when_its_holder_is_killed(tmp_path):
     import signal
     import subprocess
