@@ -164,7 +164,9 @@ def test_damaged_safetensors_is_named(tmp_path):
     d = export_pretrained(model, ref, stats, tmp_path / "pt")
     w = d / "model.safetensors"
     w.write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00{bad}" + w.read_bytes()[15:])
-    with pytest.raises(ValueError, match=r"pt/model\.safetensors: (not a readable safetensors|corrupt or modified)"):
+    with pytest.raises(
+        ValueError, match=r"pt/model\.safetensors: (not a readable safetensors|corrupt or modified)"
+    ):
         load_pretrained(d)
 
 

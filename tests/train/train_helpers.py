@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-
 #: options shared by the quick tests (tiny model, small batches, one thread, no extras)
 FAST = dict(
     batch_size=4,
