@@ -4,7 +4,8 @@ does (splits seeded, 512 most variable genes), pretrain the tiny preset with con
 (400 steps, batch 16, lr 3e-3), then score: linear probe of sex (5-fold, the demo's folds) on
 the sample vector and on mean pooling, and imputation of 15% of the genes of the held-out
 (val + test) rows by the token head, the sample decoder, gene mean, kNN (k = 10) and PCA-k
-(k chosen on a held-out fifth of the training rows), all fitted on the training rows only.
+(the probabilistic-PCA imputer of ``bulkformer.eval.imputers``, k chosen on a held-out fifth of
+the training rows), all fitted on the training rows only.
 
 Run: SEEDS=0,1,2 PYTHONPATH=. python benches/sample_objective_demo.py NAME '{"config": "overrides"}'
 Results are printed and appended to $OUT/results.jsonl (default /tmp/h5).
@@ -26,6 +27,7 @@ from bulkformer.data.demo import demo_path
 from bulkformer.data.derive import derive_corpus
 from bulkformer.eval.embed import prepare_input, run_model
 from bulkformer.eval.impute import imputation_scores, knn_impute, mask_genes
+from bulkformer.eval.imputers import PCAImputer, select_imputers
 from bulkformer.eval.probe import labels_of, linear_probe, make_folds
 from bulkformer.eval.report import _holdout
 from bulkformer.model import BulkFormerConfig
@@ -34,7 +36,7 @@ from bulkformer.train import pretrain
 
 torch.set_num_threads(int(os.environ.get("NT", "1")))
 logging.basicConfig(level=logging.WARNING)
-ROOT = Path("OUT")
+ROOT = Path(os.environ.get("OUT", "/tmp/h5"))
 
 
 def corpus_for(seed):
@@ -52,34 +54,6 @@ def corpus_for(seed):
         )
         derive_corpus(c, d / "genes", n_genes=512, overwrite=True)
     return Corpus.open(d / "genes")
-
-
-def pca_impute(train, x, visible, k, lam=1e-3):
-    mu = train.mean(0)
-    U, S, Vt = np.linalg.svd(train - mu, full_matrices=False)
-    W = Vt[:k].T * (S[:k] / np.sqrt(len(train)))  # (G, k)
-    out = np.empty_like(x)
-    for i in range(len(x)):
-        v = visible[i]
-        A = W[v]
-        c = np.linalg.solve(A.T @ A + lam * np.eye(k), A.T @ (x[i, v] - mu[v]))
-        out[i] = mu + W @ c
-    return out
-
-
-def pca_choose_k(train, seed, ks=(1, 2, 3, 5, 8, 10, 15, 20, 30, 40)):
-    rng = np.random.default_rng(seed + 101)
-    perm = rng.permutation(len(train))
-    n_in = len(train) // 5
-    tune, fit = train[perm[:n_in]], train[perm[n_in:]]
-    m = mask_genes(np.ones_like(tune, bool), 0.15, seed + 202)
-    errs = {}
-    for k in ks:
-        if k >= len(fit):
-            continue
-        p = pca_impute(fit, tune, ~m, k)
-        errs[k] = float(((p - tune)[m] ** 2).mean())
-    return min(errs, key=errs.get)
 
 
 def run(name, seed, config_over, steps=400, lr=3e-3, bs=16, mask_fraction=0.15, preset="tiny"):
@@ -135,8 +109,9 @@ def run(name, seed, config_over, steps=400, lr=3e-3, bs=16, mask_fraction=0.15, 
         preds["avg"] = 0.5 * (preds["token"] + preds["sample"])
     preds["gene_mean"] = np.broadcast_to(ztr.mean(0), zt.shape)
     preds["knn"] = knn_impute(ztr, obs_tr, zt, obs_t & ~mask, k=10)
-    k = pca_choose_k(ztr, seed)
-    preds["pca"] = pca_impute(ztr, zt, obs_t & ~mask, k)
+    chosen, _ = select_imputers(ztr, obs_tr, fraction=0.15, seed=seed, knn_grid=())
+    k = chosen["pca"]
+    preds["pca"] = PCAImputer().fit(ztr, obs_tr, max_k=k).predict(zt, obs_t & ~mask, k)
     r["pca_k"] = k
     st = pre.stats
     for kname, p in preds.items():

@@ -135,6 +135,11 @@ class PCAImputer:
         rest = max(self.total_var_ - float(self.variances_[:k].sum()), 0.0)
         return rest / max(self.n_genes_ - k, 1)
 
+    def penalty(self, k: int) -> np.ndarray:
+        """(k,) the ridge of each component, ``σ² / λ`` (both offset by a tiny ε)."""
+        eps = 1e-12 * max(self.total_var_, 1e-30)
+        return (self.noise(k) + eps) / (self.variances_[:k] + eps)
+
     def predict(self, x: np.ndarray, visible: np.ndarray, k: int | list[int]) -> np.ndarray | dict:
         """(n, G) float32 reconstructions with k components (a dict k → array for a list).
 
@@ -151,9 +156,8 @@ class PCAImputer:
         kmax = max(ks)
         Vk = V[:, :kmax]
         out = {kk: np.empty(x.shape, dtype=np.float32) for kk in ks}
-        eps = 1e-12 * max(self.total_var_, 1e-30)
         gram = Vk.T @ Vk  # (kmax, kmax)
-        pens = {kk: (self.noise(kk) + eps) / (self.variances_[:kk] + eps) for kk in ks}
+        pens = {kk: self.penalty(kk) for kk in ks}
         for i in range(len(x)):
             vis = visible[i]
             r = np.where(vis, x[i] - mu, 0.0)  # (G,)
@@ -191,6 +195,8 @@ def select_imputers(
     observed genes); both imputers are fitted on the rest and each candidate is scored by MSE
     (z) on those masked entries.
 
+    An empty grid leaves its method out (no key in the result).
+
     Returns
     -------
     ({"knn": k, "pca": k}, table) — the table has one row per (method, k) with its
@@ -212,13 +218,16 @@ def select_imputers(
     for k in [k for k in knn_grid if k <= len(fi)]:
         p = knn_impute(train[fi], train_observed[fi], truth, visible, k=k)
         rows.append({"method": "knn", "k": k, "val_mse_z": _mse(truth, p, vmask)})
-    pca = PCAImputer().fit(train[fi], train_observed[fi], max_k=max(pca_grid))
-    ks = [k for k in pca_grid if k <= pca.max_k] or [pca.max_k]
-    for k, p in pca.predict(truth, visible, ks).items():
-        rows.append({"method": "pca", "k": k, "val_mse_z": _mse(truth, p, vmask)})
+    if pca_grid:
+        pca = PCAImputer().fit(train[fi], train_observed[fi], max_k=max(pca_grid))
+        ks = [k for k in pca_grid if k <= pca.max_k] or [pca.max_k]
+        for k, p in pca.predict(truth, visible, ks).items():
+            rows.append({"method": "pca", "k": k, "val_mse_z": _mse(truth, p, vmask)})
     table = pd.DataFrame(rows)
     best = {
-        m: int(table.loc[table[table.method == m].val_mse_z.idxmin(), "k"]) for m in ("knn", "pca")
+        m: int(table.loc[table[table.method == m].val_mse_z.idxmin(), "k"])
+        for m in ("knn", "pca")
+        if len(table) and (table.method == m).any()
     }
     log.info("imputer settings chosen on %d validation rows: %s", len(va), best)
     return best, table
