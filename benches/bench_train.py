@@ -14,10 +14,10 @@ Cases:
   AdamW. ``ratio = ours ÷ plain``; ≥ 1.0 means our machinery costs nothing (steps 2… of each,
   median; the first step is warm-up).
 - ``test_sample_objective_overhead``: seconds of a plain training step of the tiny preset at
-  G = 20,010 with the sample objective on (``[SAMPLE]`` token, sample decoder, residual head,
-  ``objectives.pretrain_sse``: today's default) and off (``sample_token=False,
-  sample_weight=0``: the token loss only), the two alternating step by step; ``overhead`` =
-  on ÷ off − 1 (median of steps 2…), target ≤ 10%.
+  G = 20,010 with today's default (``[SAMPLE]`` token, sample decoder, ``objectives.pretrain_sse``,
+  the 256-component PCA prior), without the prior, and off (``sample_token=False,
+  sample_weight=0, pca_prior=0``: the token loss only), taking turns step by step; ``overhead``
+  = on ÷ off − 1 (median of steps 2…), target ≤ 10%.
 - ``test_loader_throughput``: samples/s of :class:`bulkformer.train.BatchLoader` over a
   20,010-gene corpus on disk (page cache warm), against the step's consumption
   (samples/s of the step above, or of one fresh step): ``loader_vs_step`` should be ≥ 20.
@@ -125,12 +125,20 @@ def test_train_step_cpu_ours_vs_plain(benchmark, corpus20k, tmp_path):
 def test_sample_objective_overhead(benchmark):
     from bulkformer.train.objectives import pretrain_sse
 
+    variants = (
+        ("on", {}),  # today's default: [SAMPLE] token, sample decoder, PCA prior (256)
+        ("no_prior", dict(pca_prior=0)),  # the sample objective alone
+        ("off", dict(sample_token=False, sample_weight=0.0, pca_prior=0)),  # token loss only
+    )
     models, opts = {}, {}
-    for name, over in (("on", {}), ("off", dict(sample_token=False, sample_weight=0.0))):
+    for name, over in variants:
         torch.manual_seed(0)
         models[name] = BulkFormer(BulkFormerConfig.from_preset("tiny", n_genes=G, **over))
         opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4)
-    times = {"on": [], "off": []}
+        if models[name].config.pca_prior:  # a fitted-looking prior: orthonormal components
+            q, _ = torch.linalg.qr(torch.randn(G, models[name].config.pca_prior))
+            models[name].prior.set(torch.zeros(G), q, torch.full((q.shape[1],), 0.1))
+    times = {name: [] for name, _ in variants}
 
     def step(name, x, masked):
         m, opt = models[name], opts[name]
@@ -144,20 +152,31 @@ def test_sample_objective_overhead(benchmark):
 
     def run():
         g = torch.Generator().manual_seed(0)
+        names = [name for name, _ in variants]
         for i in range(STEPS + 1):
             x = torch.randn(BATCH, G, generator=g)
             masked = torch.rand(BATCH, G, generator=g) < 0.15
-            for name in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
                 step(name, x, masked)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    on, off = statistics.median(times["on"][1:]), statistics.median(times["off"][1:])
+    med = {name: statistics.median(times[name][1:]) for name in times}
+    over = {name: med[name] / med["off"] - 1 for name in ("on", "no_prior")}
     benchmark.extra_info.update(
-        G=G, batch=BATCH, on_s=on, off_s=off, overhead=on / off - 1, threads=torch.get_num_threads()
+        G=G,
+        batch=BATCH,
+        on_s=med["on"],
+        no_prior_s=med["no_prior"],
+        off_s=med["off"],
+        overhead=over["on"],
+        overhead_no_prior=over["no_prior"],
+        threads=torch.get_num_threads(),
     )
     print(
-        f"\nsample objective, tiny, G={G}, batch {BATCH}: step {on:.3f} s on vs {off:.3f} s off, "
-        f"overhead {100 * (on / off - 1):+.1f}%"
+        f"\nsample objective, tiny, G={G}, batch {BATCH}: step {med['on']:.3f} s (default: sample "
+        f"objective + PCA prior), {med['no_prior']:.3f} s (sample objective, no prior), "
+        f"{med['off']:.3f} s off; overhead {100 * over['on']:+.1f}% "
+        f"({100 * over['no_prior']:+.1f}% without the prior)"
     )
 
 

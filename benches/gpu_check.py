@@ -565,16 +565,20 @@ def _dist_batches(world: int, dry: bool):
 
 
 def _dist_train(model, opt, xs, ms, rows, world, dev):
-    """3 AdamW steps with pretrain's loss normalisation: this rank's SSE / global masked count ×
-    world (DDP/FSDP average the gradients); returns the global losses."""
+    """3 AdamW steps with pretrain's loss (token + sample objective, ``pretrain_sse``) and its
+    normalisation: this rank's SSE / global masked count × world (DDP/FSDP average the
+    gradients); returns the global losses."""
     import torch.distributed as dist
 
+    from bulkformer.train.objectives import pretrain_sse
+
+    cfg = getattr(model, "module", model).config
     losses = []
     for x, m in zip(xs, ms):
         count = m.sum().double()
         x, m = x[rows].to(dev), m[rows].to(dev)
         out = model(x, masked=m)
-        sse = ((out.pred - x).square() * m).sum()
+        sse, _, _ = pretrain_sse(out, x, m, cfg.sample_weight, targets=cfg.sample_targets)
         (sse / count.to(dev) * world).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

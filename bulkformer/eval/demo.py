@@ -42,8 +42,10 @@ DEMO_NOTES = [
     "→ probe / fine-tune / impute → report), and whether the sample vector of a model "
     "pretrained *without labels* keeps what the input holds: here the label is easy to read "
     "off the input genes (the log-TPM baselines are the ceiling), so a probe of the embedding "
-    "near them means the representation kept it, and the imputation rows compare the model "
-    "with kNN and a linear imputer fitted on the same few samples.",
+    "near them means the representation kept it. In the imputation rows the model's answer "
+    "is its linear prior — the probabilistic PCA of the `pca` row, fitted on the same "
+    "training samples — corrected by the transformer, so the gap between `bulkformer` and "
+    "`pca` is exactly what the transformer adds (at demo scale, little).",
     "- **It cannot show** transfer: a model pretrained for minutes on {n} samples has seen "
     "nothing the baselines have not, so it is not expected to beat them. Whether pretraining "
     "brings something a linear model on the same genes does not can only be judged after "

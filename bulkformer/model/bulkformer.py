@@ -12,12 +12,19 @@ Read top to bottom::
       s    = h[:, 0]                                              # (B, D)     .sample
       h    = h[:, 1:]                                             # (B, G, D)  .hidden
       sample_pred = SampleDecoder(s)                              # (B, G)     .sample_pred
-      pred = Linear(D → 1)(h) [+ sample_pred]                     # (B, G)     .pred
+      prior = PCAPrior(x, hide)                                   # (B, G)     prior.py
+      pred = Linear(D → 1)(h) + (prior or sample_pred)            # (B, G)     .pred
 
 Pretraining minimises the MSE of ``pred`` against ``x`` at masked, non-missing genes, plus
 ``sample_weight`` × the MSE of ``sample_pred`` at the same genes: every gene the model must
-recover has to pass through the one vector ``s``, which is what makes ``s`` a sample embedding. With ``residual_head`` (the default) the token
-head adds a per-gene correction to ``sample_pred``, so ``pred`` is the model's one answer.
+recover has to pass through the one vector ``s``, which is what makes ``s`` a sample embedding.
+
+``pred`` is the model's one answer: the token head's per-gene correction of a base value. With
+``pca_prior`` (the default) the base is the linear prior — probabilistic PCA of the training
+rows fitted to the sample's visible genes (:mod:`.prior`, fitted by pretraining) — so the
+transformer learns what a linear model cannot predict, and starts from the linear imputer's
+answer rather than from zero. Without it, with ``residual_head``, the base is ``sample_pred``;
+with neither, the head alone.
 Without ``sample_token`` the sample vector is the context ``c`` (which then does not go through
 the encoder); without both there is none (``sample = None``).
 """
@@ -37,6 +44,7 @@ from .._io import atomic_file
 from .config import BulkFormerConfig
 from .embedding import GeneEmbedding
 from .encoder import Encoder
+from .prior import PCAPrior
 
 __all__ = [
     "BulkFormer",
@@ -185,6 +193,8 @@ class BulkFormer(nn.Module):
             self.sample_token = nn.Parameter(torch.zeros(config.d_model))  # [SAMPLE] input
         if config.sample_weight > 0:
             self.sample_decoder = SampleDecoder(config)
+        if config.pca_prior > 0:
+            self.prior = PCAPrior(config.n_genes, config.pca_prior)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -232,6 +242,8 @@ class BulkFormer(nn.Module):
         """
         cfg = self.config
         hide = _hide_mask(x, cfg.n_genes, missing, masked)  # (B, G)
+        # first, so that its (chunked) workspace is freed before the activations pile up
+        prior = self.prior(x, hide) if cfg.pca_prior > 0 else None  # (B, G) fp32, no grad
         h, ctx, identity = self.embedding.embed(x, hide)  # (B, G, D), (B, D) | None, (G, D)
         if cfg.sample_token:
             s0 = self.sample_token.to(h.dtype).expand(len(h), -1)  # (B, D)
@@ -247,8 +259,10 @@ class BulkFormer(nn.Module):
         sample_pred = None
         if cfg.sample_weight > 0:
             sample_pred = self.sample_decoder(sample, identity)  # (B, G)
-            if cfg.residual_head:  # the token head corrects the sample decoder's value
-                pred = pred + sample_pred
+        if prior is not None:  # the token head corrects the linear prior
+            pred = pred + prior
+        elif cfg.residual_head and sample_pred is not None:  # ... or the sample decoder
+            pred = pred + sample_pred
         return BulkFormerOutput(
             pred=pred,
             hidden=h,

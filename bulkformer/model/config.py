@@ -44,6 +44,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "sample_targets": "observed",
     "residual_head": False,
     "pooling": "mean",
+    "pca_prior": 0,
 }
 
 
@@ -72,10 +73,13 @@ class BulkFormerConfig:
     sample_token: bool = True  # a learned [SAMPLE] token (+ context) runs through the encoder
     sample_weight: float = 1.0  # weight of the sample-bottleneck objective (0: off, no decoder)
     sample_decoder: str = "linear"  # sample vector → G values: "linear" LN→Linear(d→G) | "gene"
-    residual_head: bool = True  # pred = token head + sample_pred: the per-gene head corrects the
-    # sample decoder's value (only where there is a decoder, i.e. sample_weight > 0)
+    residual_head: bool = True  # without a PCA prior: pred = token head + sample_pred (the
+    # per-gene head corrects the sample decoder's value; where there is one: sample_weight > 0)
     sample_targets: str = "observed"  # genes the sample decoder must recover: "observed" (all
     # non-missing, masked included) | "masked" (the masked ones only)
+    pca_prior: int = 256  # most components of the linear prior the token head corrects: pred =
+    # head + prior (probabilistic PCA of the training rows fitted per sample to its visible
+    # genes; fitted by pretraining, rank chosen on held-out training rows; 0: off, no prior)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory
     attn_backend: str = "auto"  # "auto" (flash-attn on CUDA if there, else SDPA)|"flash"|"sdpa"
     embed_backend: str = "auto"  # "auto" (Triton on CUDA, else torch) | "triton" | "torch"
@@ -121,6 +125,9 @@ class BulkFormerConfig:
             raise bad("sample_weight", "a non-negative number (0 turns the objective off)")
         if self.sample_decoder not in SAMPLE_DECODERS:
             raise bad("sample_decoder", f"one of {SAMPLE_DECODERS}")
+        p = self.pca_prior
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise bad("pca_prior", "a non-negative integer (0 turns the prior off)")
         if self.sample_targets not in SAMPLE_TARGETS:
             raise bad("sample_targets", f"one of {SAMPLE_TARGETS}")
         if not self.has_sample_vector and (self.sample_weight > 0 or self.pooling == "sample"):

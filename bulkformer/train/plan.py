@@ -105,7 +105,7 @@ class MemoryPlan:
     fsdp_world: int
     ddp: bool
     params: int  # fp32 parameters (this rank's shard)
-    buffers: int  # ESM2 matrix and masks
+    buffers: int  # ESM2 matrix, PCA prior and masks
     optimizer: int  # AdamW exp_avg + exp_avg_sq
     grads: int  # fp32 gradients (this rank's shard; + DDP buckets)
     weights16: int  # bf16 weight copies saved by autocast (0 in fp32)
@@ -150,7 +150,7 @@ class MemoryPlan:
         """(what, bytes) lines of the breakdown, largest parts first within each section."""
         out = [
             ("parameters (fp32)", self.params),
-            ("buffers (ESM2 matrix, masks)", self.buffers),
+            ("buffers (ESM2 matrix, PCA prior, masks)", self.buffers),
             ("AdamW state (2 × fp32)", self.optimizer),
             ("gradients (fp32)" + (" + DDP buckets" if self.ddp else ""), self.grads),
         ]
@@ -327,6 +327,8 @@ def plan_memory(
     grads = 4 * shard(n["total"]) * (2 if ddp and W == 1 else 1)
     optimizer = 8 * shard(n["total"])
     buffers = 4 * G * cfg.d_esm + G if cfg.esm_identity else 0  # ESM2 matrix (fp32), has_protein
+    if cfg.pca_prior:  # the PCA prior: mean, components (G × k), penalties (fp32)
+        buffers += 4 * (G + G * cfg.pca_prior + cfg.pca_prior + 1)
     inputs = accum * B * G * (4 + 1 + 1)  # x fp32, missing, masked (bool)
     fsdp_unsharded = 0
     if W > 1:  # root group (embedding, norm, head) stays gathered; 2 blocks gathered + 1 grad
@@ -351,6 +353,8 @@ def plan_memory(
     # final norm input (a·d per encoder token) and statistics, head input (a·d per gene),
     # token loss (pred − x fp32, mask)
     final = TE * (r * d + 8) + T * (a * d + 9)
+    if cfg.pca_prior:  # the prior's (B, G) fp32 output, alive from the start of forward
+        final += T * 4
     if cfg.sample_weight > 0:
         # sample decoder: its norm input/stats and Linear input (B × d: small); the residual
         # head's sum and the sample loss's (sample_pred − x) fp32 and not-missing mask per gene

@@ -158,6 +158,7 @@ class _Run:
         self.window_loss: float | None = None  # mean over the latest logged window
         self.val_extra: dict = {}  # the latest validation's val_* numbers beside val_mse
         self.val_baseline_mse: dict | None = None  # baselines on the val positions (once)
+        self.prior_info: dict | None = None  # the PCA prior's fit (a fresh start only)
 
     @property
     def train_loss(self) -> float:
@@ -418,15 +419,33 @@ class _Run:
             self.val_extra["val_sample_mse"] = mse["sample"]
         return mse["model"], mse["zero"]
 
-    def _baseline_imputers(self) -> BaselineImputers:
-        """:class:`.validation.BaselineImputers` on up to ``val_baseline_rows`` training rows."""
+    def _training_sample(self, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, observed) of up to ``n`` training rows (a seeded sample beyond that)."""
         rows = np.asarray(self.corpus.splits["train"])
-        n = self.opts.val_baseline_rows
         if n and len(rows) > n:
-            rng = np.random.default_rng(self.opts.seed)
-            rows = np.sort(rng.choice(rows, n, replace=False))
+            rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
         x = np.asarray(self.corpus.expression[rows], dtype=np.float32)
         observed = ~np.asarray(self.corpus.missing)[self.source_index[rows]]
+        bad = ~np.isfinite(x)
+        if bad.any():  # left out of the fits (the training step stops on them, naming the step)
+            n_bad, what = int(bad.any(1).sum()), "the PCA prior and the validation baselines"
+            log.warning("corpus %s: %d of %d sampled training rows hold non-finite values; %s "
+                        "treat those entries as missing", self.corpus.path, n_bad, len(rows), what)  # fmt: skip
+            x, observed = np.where(bad, 0.0, x).astype(np.float32), observed & ~bad
+        return x, observed
+
+    def _fit_prior(self) -> dict:
+        """Fit the model's PCA prior on training rows (:func:`.prior.fit_prior`)."""
+        from .prior import MAX_PRIOR_ROWS, fit_prior
+
+        x, obs = self._training_sample(MAX_PRIOR_ROWS, self.opts.seed)
+        return fit_prior(
+            self.model.prior, x, obs, fraction=self.opts.mask_fraction, seed=self.opts.seed
+        )
+
+    def _baseline_imputers(self) -> BaselineImputers:
+        """:class:`.validation.BaselineImputers` on up to ``val_baseline_rows`` training rows."""
+        x, observed = self._training_sample(self.opts.val_baseline_rows, self.opts.seed)
         return BaselineImputers(x, observed, fraction=self.opts.mask_fraction, seed=self.opts.seed)
 
     # ------------------------------------------------------------------ loop
@@ -466,10 +485,13 @@ class _Run:
     def _start(self) -> None:
         """Resume from the newest checkpoint (``resume``), and write ``run.json`` (rank 0)."""
         opts, info = self.opts, self.info
-        if opts.resume and ckpt.list_checkpoints(self.out):
+        resumed = bool(opts.resume and ckpt.list_checkpoints(self.out))
+        if resumed:
             self.restore()
         elif opts.resume:
             log.warning("--resume: no checkpoint in %s yet, starting from step 0", self.out)
+        if not resumed and self.config.pca_prior > 0:  # a resumed run has it in its state
+            self.prior_info = self._fit_prior()
         if info.is_main and self.step < opts.steps:  # a finished run's files stay as they are
             self.out.mkdir(parents=True, exist_ok=True)
             run = {
@@ -653,6 +675,8 @@ class _Run:
                 "world_size": info.world,
                 "options": self.opts.to_dict(),
                 "esm": self.esm_fp,
+                "pca_prior_rank": int(model.prior.rank) if self.config.pca_prior else 0,  # 0: none
+                **({"pca_prior_fit": self.prior_info} if self.prior_info else {}),
             }
             pretrained = export_pretrained(
                 model,

@@ -13,7 +13,10 @@ G = 41
 
 
 def _config(**kw):
-    base = dict(n_genes=G, d_model=16, n_layers=2, n_heads=2, d_esm=12, context_hidden=24)
+    # without the PCA prior (tests/model/test_prior.py): pred corrects the sample decoder here
+    base = dict(
+        n_genes=G, d_model=16, n_layers=2, n_heads=2, d_esm=12, context_hidden=24, pca_prior=0
+    )
     return BulkFormerConfig(**{**base, **kw})
 
 

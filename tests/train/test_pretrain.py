@@ -51,10 +51,14 @@ def assert_same_weights(a, b, atol=0.0):
 def test_tiny_model_beats_the_gene_mean_baseline(corpus256, tmp_path):
     """Tiny preset on the 256 most variable demo genes: val MSE on masked genes ends clearly
     below predicting each gene's mean (z = 0), and the run directory is complete."""
+    # without the PCA prior, which alone beats the gene mean: this checks that the network learns
+    cfg = BulkFormerConfig.from_preset(
+        "tiny", n_genes=corpus256.n_genes, reference_id=corpus256.reference.id, pca_prior=0
+    )
     r = pretrain(
         corpus256,
         tmp_path / "run",
-        config="tiny",
+        config=cfg,
         steps=120,
         batch_size=16,
         lr=3e-3,
@@ -345,3 +349,46 @@ def test_cli_subset_genes(demo_corpus, tmp_path, capsys):
     )
     assert "genes     100" in capsys.readouterr().out
     assert Corpus.open(tmp_path / "s").manifest["derived_from"]["rule"] == "variance"
+
+
+# --------------------------------------------------------------------------- PCA prior
+def test_prior_is_fitted_on_training_rows_only(corpus64, tmp_path):
+    """The prior a run fits equals fit_prior on the corpus's training rows; changing the
+    validation and test rows' values does not change it; the summary records its rank."""
+    from bulkformer.model.prior import PCAPrior
+    from bulkformer.train.prior import fit_prior
+
+    opts = dict(FAST, steps=1, val_every=0)
+    r = pretrain(corpus64, tmp_path / "run", config="tiny", **opts)
+    p = load_pretrained(r.pretrained)
+    got = p.model.prior
+    train = np.sort(np.asarray(corpus64.splits["train"]))
+    x = np.asarray(corpus64.expression[train], dtype=np.float32)
+    obs = ~np.asarray(corpus64.missing)[corpus64.samples["source_index"].to_numpy()[train]]
+    want = PCAPrior(corpus64.n_genes, got.max_rank)
+    info = fit_prior(want, x, obs, fraction=0.15, seed=0)
+    assert info["rank"] > 0 and int(got.rank) == info["rank"]
+    for name in ("mean", "components", "penalty"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0)
+    assert p.metadata["training"]["pca_prior_rank"] == info["rank"]
+    # the same run on a corpus whose held-out rows are different
+    other = tmp_path / "other"
+    shutil.copytree(corpus64.path, other)
+    held = np.sort(np.r_[corpus64.splits["val"], corpus64.splits["test"]])
+    expr = np.load(other / "expression.npy", mmap_mode="r+")
+    expr[held] = np.random.default_rng(0).normal(size=expr[held].shape).astype(expr.dtype)
+    expr.flush()
+    del expr
+    r2 = pretrain(Corpus.open(other), tmp_path / "run2", config="tiny", **opts)
+    got2 = load_pretrained(r2.pretrained).model.prior
+    torch.testing.assert_close(got2.components, got.components, rtol=0, atol=0)
+    # pca_prior = 0: no prior at all
+    r3 = pretrain(
+        corpus64,
+        tmp_path / "run3",
+        config=BulkFormerConfig.from_preset(
+            "tiny", n_genes=corpus64.n_genes, reference_id=corpus64.reference.id, pca_prior=0
+        ),
+        **opts,
+    )
+    assert not hasattr(load_pretrained(r3.pretrained).model, "prior")
