@@ -4,10 +4,19 @@ Same folds and metrics as :mod:`bulkformer.eval.probe` (through
 :func:`~bulkformer.eval.probe.cross_validate`), so the scores sit in one table with the linear
 probe and the baselines. Every fold starts from a fresh copy of the pretrained weights.
 
+Linear probing, then fine-tuning (LP-FT, Kumar et al. 2022): the head starts as the linear
+probe's logistic regression, fitted on the frozen embeddings of the training rows, so
+fine-tuning starts from the probe's answer instead of a random head (which, on a few dozen
+labelled samples, distorts the pretrained features before the head is any good).
+
 Training runs until the validation loss stops falling: a stratified ``val_fraction`` of each
-training fold is held out, the cross-entropy on it is computed after every epoch, training
-stops after ``patience`` epochs without a new best (or at ``epochs``, the cap), and the weights
-of the best epoch are restored before the test fold is predicted.
+training fold is held out, the cross-entropy on it is computed before the first epoch (the
+probe's head) and after every epoch, training stops after ``patience`` epochs without a new
+best (or at ``epochs``, the cap), and the weights of the best epoch are restored before the test
+fold is predicted. When no epoch beats the probe's head on the validation rows, fine-tuning has
+not helped: the classifier is then the linear probe refitted on all training rows (exactly what
+:func:`~bulkformer.eval.probe.linear_probe` fits), so ``best_epoch == -1`` and the fold's score
+is the probe's.
 """
 
 from __future__ import annotations
@@ -32,14 +41,14 @@ class EarlyStopping:
     deep-copied) only when the loss improves.
     """
 
-    def __init__(self, patience: int = 3, min_delta: float = 0.0):
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, first_epoch: int = 0):
         if patience < 1:
             raise ValueError(f"patience = {patience}: need at least 1")
         self.patience, self.min_delta = patience, min_delta
         self.best = float("inf")
-        self.best_epoch = -1
+        self.best_epoch = first_epoch - 1
         self.best_state = None
-        self.epoch = -1
+        self.epoch = first_epoch - 1  # the first update() is epoch ``first_epoch``
         self.bad = 0
 
     def update(self, loss: float, state) -> bool:
@@ -67,9 +76,25 @@ def _val_split(rows, y, fraction: float, seed: int):
     return rows[np.sort(fi)], rows[np.sort(va)]
 
 
+def _standardizer(d: int):
+    """``(x − mean) / std`` per feature, with buffers set from the frozen embeddings."""
+    import torch
+
+    class Standardize(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(d))
+            self.register_buffer("scale", torch.ones(d))
+
+        def forward(self, x):
+            return (x - self.mean) / self.scale
+
+    return Standardize()
+
+
 class FinetuneClassifier:
-    """A BulkFormer encoder + ``BatchNorm(D) → Linear(D → C)`` head on the pooled
-    (observed-gene) embedding.
+    """A BulkFormer encoder + ``Standardize(D) → Linear(D → C)`` head on the sample embedding,
+    the head initialised as the linear probe (see the module doc).
 
     Parameters
     ----------
@@ -100,13 +125,13 @@ class FinetuneClassifier:
         self.classes = np.asarray(classes, dtype=object)
         self.how = how
         self.encoder = copy.deepcopy(model).to(self.device)
-        # The pooled embedding is standardized per feature (as the linear probe's features are)
-        # before the linear layer: pooled hidden states are small and nearly collinear, and a
-        # bare linear head barely moves in the few steps a small labelled set gives.
+        # The embedding is standardized per feature with the statistics of the frozen
+        # embeddings of the training rows (as the linear probe's features are), then the
+        # linear layer, initialised as the probe's logistic regression in fit().
         d = model.config.d_model
-        self.head = torch.nn.Sequential(
-            torch.nn.BatchNorm1d(d), torch.nn.Linear(d, len(self.classes))
-        ).to(self.device)
+        self.head = torch.nn.Sequential(_standardizer(d), torch.nn.Linear(d, len(self.classes)))
+        self.head = self.head.to(self.device)
+        self.probe = None  # the refitted linear probe, when fine-tuning did not beat it
         self.opt = torch.optim.AdamW(
             [
                 {"params": self.encoder.parameters(), "lr": lr * encoder_lr_scale},
@@ -144,7 +169,9 @@ class FinetuneClassifier:
         val_fraction : share of ``rows`` held out (stratified) for the validation loss.
 
         Sets ``history`` (training loss per epoch), ``val_history`` (validation loss per
-        epoch), ``best_epoch`` (0-based; its weights are the ones kept) and ``epochs_run``.
+        epoch, the probe's head first), ``best_epoch`` (0-based; its weights are the ones kept;
+        −1: no epoch beat the probe, which is then refitted on all ``rows`` and predicts, see
+        ``probe``) and ``epochs_run``.
         """
         import torch
         from tqdm.auto import tqdm
@@ -163,10 +190,17 @@ class FinetuneClassifier:
                     len(rows),
                     epochs,
                 )
-        stop = EarlyStopping(patience) if len(val_rows) else None
+        stop = EarlyStopping(patience, first_epoch=-1) if len(val_rows) else None
         rng = np.random.default_rng(self.seed)
         self.history, self.val_history = [], []
         self.best_epoch = epochs - 1
+        self.probe = None
+        self._init_head_as_probe(prep, fit_rows, np.array([target[i] for i in fit_rows.tolist()]))
+        val_target = [target[i] for i in val_rows.tolist()]
+        if stop is not None:  # epoch −1: the probe's head, before any fine-tuning
+            vl = self._val_loss(prep, val_rows, val_target, batch_size)
+            self.val_history.append(vl)
+            stop.update(vl, self._state)
         bar = tqdm(range(epochs), desc="finetune", disable=not progress)
         for _ in bar:
             self.encoder.train()
@@ -175,8 +209,6 @@ class FinetuneClassifier:
             total = 0.0
             for a in range(0, len(order), batch_size):
                 b = order[a : a + batch_size]
-                if len(b) < 2 and len(order) > 1:  # BatchNorm needs two samples
-                    b = order[a - 1 : a + batch_size]
                 x = torch.from_numpy(prep.rows(b)).to(self.device)
                 m = torch.from_numpy(prep.missing(b)).to(self.device)
                 t = torch.tensor([target[i] for i in b.tolist()], device=self.device)
@@ -188,7 +220,7 @@ class FinetuneClassifier:
             self.history.append(total / len(order))
             if stop is None:
                 continue
-            vl = self._val_loss(prep, val_rows, [target[i] for i in val_rows.tolist()], batch_size)
+            vl = self._val_loss(prep, val_rows, val_target, batch_size)
             self.val_history.append(vl)
             if stop.update(vl, self._state):
                 break
@@ -197,7 +229,58 @@ class FinetuneClassifier:
             self.best_epoch = stop.best_epoch
             self.encoder.load_state_dict(stop.best_state["encoder"])
             self.head.load_state_dict(stop.best_state["head"])
+            if self.best_epoch < 0:  # no epoch beat the probe: the probe, on all rows
+                self.probe = self._fit_probe(self._frozen(prep, rows, batch_size), y)
         return self
+
+    def _frozen(self, prep, rows, batch_size: int = 16) -> np.ndarray:
+        """(n, D) float64 embeddings of ``rows`` by the current encoder, in eval mode."""
+        import torch
+
+        self.encoder.eval()
+        out = []
+        with torch.no_grad():
+            for a in range(0, len(rows), batch_size):
+                b = rows[a : a + batch_size]
+                x = torch.from_numpy(prep.rows(b)).to(self.device)
+                m = torch.from_numpy(prep.missing(b)).to(self.device)
+                o = self.encoder(x, missing=m)
+                out.append((o.pool(self.how) if self.how else o.pool()).float().cpu().numpy())
+        D = self.encoder.config.d_model
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, D))
+
+    def _fit_probe(self, X: np.ndarray, y: np.ndarray):
+        """The linear probe's pipeline (standardize → logistic regression) fitted on X, y."""
+        from .probe import probe_classifier
+
+        return probe_classifier(self.seed).fit(X, y)
+
+    def _init_head_as_probe(self, prep, rows, target: np.ndarray) -> None:
+        """Set the head to the probe fitted on the frozen embeddings of ``rows`` (class ids)."""
+        import torch
+
+        X = self._frozen(prep, rows)
+        pipe = self._fit_probe(X, target)
+        sc, lr = pipe[0], pipe[-1]
+        C = len(self.classes)
+        W = np.zeros((C, X.shape[1]))
+        b = np.zeros(C)
+        if len(lr.classes_) == 1:  # one class in this fold: it wins everywhere
+            b[int(lr.classes_[0])] = 1.0
+        elif len(lr.classes_) == 2:  # binary: logit(c1) − logit(c0) = coef · x + intercept
+            c0, c1 = (int(c) for c in lr.classes_)
+            W[c0], W[c1] = -0.5 * lr.coef_[0], 0.5 * lr.coef_[0]
+            b[c0], b[c1] = -0.5 * lr.intercept_[0], 0.5 * lr.intercept_[0]
+        else:  # multinomial: one row per class seen; unseen classes stay far below
+            b[:] = lr.intercept_.min() - 30.0
+            for j, c in enumerate(lr.classes_):
+                W[int(c)], b[int(c)] = lr.coef_[j], lr.intercept_[j]
+        std, lin = self.head[0], self.head[1]
+        with torch.no_grad():
+            std.mean.copy_(torch.as_tensor(sc.mean_, dtype=torch.float32))
+            std.scale.copy_(torch.as_tensor(sc.scale_, dtype=torch.float32))
+            lin.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+            lin.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
 
     def _state(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}
@@ -222,6 +305,11 @@ class FinetuneClassifier:
     def predict(self, prep, rows, *, batch_size: int = 16) -> np.ndarray:
         """Predicted class names of ``rows``."""
         import torch
+
+        if self.probe is not None:
+            return np.asarray(
+                self.probe.predict(self._frozen(prep, rows, batch_size)), dtype=object
+            )
 
         self.encoder.eval()
         self.head.eval()

@@ -30,6 +30,7 @@ __all__ = [
     "check_labels",
     "cross_validate",
     "linear_probe",
+    "probe_classifier",
     "baselines",
     "random_forest",
     "probe",
@@ -189,6 +190,15 @@ def _logreg(seed: int, max_iter: int = 2000):
     return LogisticRegression(max_iter=max_iter, random_state=seed)
 
 
+def probe_classifier(seed: int = 0):
+    """The linear probe's classifier: standardize → logistic regression (unfitted sklearn
+    pipeline; also the head fine-tuning starts from)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), _logreg(seed))
+
+
 def _sk_fit_predict(make_pipeline: Callable, X: np.ndarray, y: np.ndarray):
     def fit_predict(tr, te):
         est = make_pipeline(len(tr))
@@ -202,16 +212,13 @@ def linear_probe(
     embeddings: np.ndarray, labels, folds, *, seed: int = 0, method: str = "linear_probe"
 ) -> ClassificationResult:
     """Standardize → logistic regression on frozen (N, D) embeddings, on every fold."""
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     y = check_labels(labels, None)
     X = np.asarray(embeddings, dtype=np.float64)
     if X.shape[0] != len(y):
         raise ValueError(f"embeddings have {X.shape[0]} rows but there are {len(y)} labels")
     return cross_validate(
         method,
-        _sk_fit_predict(lambda n: make_pipeline(StandardScaler(), _logreg(seed)), X, y),
+        _sk_fit_predict(lambda n: probe_classifier(seed), X, y),
         y,
         folds,
     )

@@ -69,9 +69,10 @@ def test_finetune_stops_when_val_loss_rises_and_restores_best(corpus, pretrained
     clf = _Scripted(pretrained.model, np.array(["female", "male"]), lr=1e-2)
     clf.snapshots = []
     clf.fit(prep, rows, y[rows], epochs=8, patience=3, batch_size=16)
-    assert clf.epochs_run == 5 and len(clf.history) == 5 and clf.best_epoch == 1
-    assert clf.val_history == [1.0, 0.7, 0.9, 1.1, 1.2]
-    for k, v in clf.head.state_dict().items():  # the weights of epoch 1, not the last
+    # validation before the first epoch (the probe's head: 1.0), then after each epoch
+    assert clf.epochs_run == 4 and len(clf.history) == 4 and clf.best_epoch == 0
+    assert clf.val_history == [1.0, 0.7, 0.9, 1.1, 1.2] and clf.probe is None
+    for k, v in clf.head.state_dict().items():  # the weights of epoch 0, not the last
         torch.testing.assert_close(v, clf.snapshots[1][k], rtol=0, atol=0)
     assert any(not torch.equal(clf.snapshots[4][k], clf.snapshots[1][k]) for k in clf.snapshots[1])
     # the validation rows are a stratified share of the training rows, not trained on
@@ -82,3 +83,46 @@ def test_finetune_stops_when_val_loss_rises_and_restores_best(corpus, pretrained
     plain.snapshots = []
     plain.fit(prep, rows, y[rows], epochs=3, patience=None)
     assert plain.epochs_run == 3 and plain.snapshots == [] and plain.best_epoch == 2
+
+
+def _softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+def test_head_starts_as_the_linear_probe_binary_and_multiclass(corpus, pretrained):
+    prep = prepare_input(corpus, pretrained)
+    rows = np.arange(40)
+    for names in (np.array(["female", "male"]), np.array(["a", "b", "c"])):
+        target = np.arange(len(rows)) % len(names)  # class ids
+        clf = FinetuneClassifier(pretrained.model, names)
+        clf._init_head_as_probe(prep, rows, target)
+        X = clf._frozen(prep, rows)
+        want = clf._fit_probe(X, target).predict_proba(X)
+        with torch.no_grad():
+            got = _softmax(clf.head(torch.from_numpy(X).float()).double().numpy())
+        np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+class _ProbeWins(_Scripted):
+    script = [0.1, 0.5, 0.6, 0.7, 0.8]
+
+
+def test_when_no_epoch_beats_the_probe_the_probe_refit_on_all_rows_predicts(corpus, pretrained):
+    from bulkformer.eval.embed import run_model
+    from bulkformer.eval.probe import probe_classifier
+
+    prep = prepare_input(corpus, pretrained)
+    y = labels_of(prep, "label")
+    rows = np.r_[np.flatnonzero(y == "female")[:15], np.flatnonzero(y == "male")[:15]]
+    test = np.setdiff1d(np.arange(len(y)), rows)
+    clf = _ProbeWins(pretrained.model, np.array(["female", "male"]), lr=1e-2)
+    clf.snapshots = []
+    clf.fit(prep, rows, y[rows], epochs=6, patience=3, batch_size=16)
+    assert clf.best_epoch == -1 and clf.epochs_run == 3 and clf.probe is not None
+    # exactly the linear probe of bulkformer.eval.probe, fitted on all training rows
+    emb, _ = run_model(prep, pretrained.model, progress=False)
+    ref = probe_classifier(0).fit(emb[rows].astype(np.float64), y[rows])
+    np.testing.assert_array_equal(
+        clf.predict(prep, test), ref.predict(emb[test].astype(np.float64))
+    )
