@@ -441,18 +441,28 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* row
     v = acc.vals;  // output column m is mapped gene m: work in the sample's value row itself
   } else if (plan.injective) {
     // every covered column receives exactly one value (0 + x == x: same bits as the sum);
-    // columns no gene reaches are zeroed by log1p_row, whatever the buffer held
+    // columns no gene reaches are written as 0 by log1p_row, whatever the buffer held
     for (int64_t m = 0; m < nm; ++m) v[mc[m]] = acc.vals[m];
   } else {
     // scatter C/L to output columns (duplicates summed in gene order, on every path)
     std::memset(v, 0, sizeof(float) * n);
     for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
   }
-  log1p_row(v, plan.covered.data(), n, scale);  // log1p(TPM) in place
+  // log1p(TPM) goes straight to the output row (float32) or through a small buffer that stays
+  // in L1 (float16), never back into v: for wide chunk columns v is a sample's value row in a
+  // buffer of hundreds of MB, and dirtying it would write the whole buffer back to memory.
+  const uint8_t* cov = plan.covered.data();
   if (s.out_type == OutType::kF32) {
-    std::memcpy(static_cast<float*>(s.out) + row * s.out_row_stride, v, sizeof(float) * n);
+    log1p_row(v, cov, n, scale, static_cast<float*>(s.out) + row * s.out_row_stride);
   } else if (s.out_type == OutType::kF16) {
-    f32_to_f16_row(v, static_cast<uint16_t*>(s.out) + row * s.out_row_stride, n);
+    uint16_t* o = static_cast<uint16_t*>(s.out) + row * s.out_row_stride;
+    constexpr int64_t kStep = 2048;
+    float t[kStep];
+    for (int64_t c = 0; c < n; c += kStep) {
+      const int64_t len = std::min(kStep, n - c);
+      log1p_row(v + c, cov + c, len, scale, t);
+      f32_to_f16_row(t, o + c, len);
+    }
   }
 }
 
