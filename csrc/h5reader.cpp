@@ -228,7 +228,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   if (spec.n_src != m.n_genes) throw std::invalid_argument("gene_map length != genes in file");
   NormPlan plan(spec);
   const bool values = plan.needs_values();
-  const int64_t row_len = std::max<int64_t>(plan.n_mapped(), 1);  // per-sample C/L values
+  // per-sample C/L values; rows padded to whole 64-byte lines (and the buffer aligned below),
+  // so that the gene-major path can write them with streaming stores (scatter_vals_avx2)
+  const int64_t row_len = (std::max<int64_t>(plan.n_mapped(), 1) + 15) & ~int64_t{15};
   int64_t max_group = int64_t{1} << 40;
   if (values) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
   std::vector<Task> tasks = plan_tasks(m, samples, n, max_group);
@@ -266,9 +268,13 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     std::vector<SampleAcc> accs(g);
     std::vector<int64_t> local(g);
     for (int64_t k = 0; k < g; ++k) local[k] = samples[t.rows[k]] - t.col * m.chunk_samples;
-    if (values && scr[wid].size() < static_cast<size_t>(g * row_len))
-      scr[wid].resize(static_cast<size_t>(g * row_len));
-    float* vals0 = values ? scr[wid].data() : nullptr;
+    if (values && scr[wid].size() < static_cast<size_t>(g * row_len + 16))
+      scr[wid].resize(static_cast<size_t>(g * row_len + 16));
+    float* vals0 = nullptr;
+    if (values) {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(scr[wid].data());
+      vals0 = scr[wid].data() + ((64 - p % 64) % 64) / sizeof(float);  // 64-byte aligned
+    }
     for (int64_t k = 0; k < g; ++k)
       begin_sample(plan, accs[k], t.rows[k], values ? vals0 + k * row_len : nullptr);
     // Gene-major chunks whose requested samples are one contiguous run (the usual case: whole
