@@ -520,6 +520,8 @@ def test_short_chunk_rows_batched_bit_identical(tmp_path, chunks, transposed):
         "all": np.arange(S),
         "run": np.arange(37, 262),
         "scattered": r.permutation(S)[:90],
+        # one chunk column for most layouts: a single task, inflated on both threads
+        "one column": r.permutation(50)[:30],
     }
     with h5py.File(path) as f:
         ds = f["x"]
