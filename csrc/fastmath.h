@@ -55,15 +55,16 @@ static inline float log1p_pos(float x) {
   return exact ? x : l * ratio;
 }
 
-// v[c] = covered[c] ? log1p(v[c] * scale) : 0, for a whole row. Compiled for AVX2+FMA and
-// for the baseline ISA; the loader picks the clone the CPU supports.
+// dst[c] = covered[c] ? log1p(v[c] * scale) : 0, for a whole row (dst does not overlap v).
+// Compiled for AVX2+FMA and for the baseline ISA; the loader picks the clone the CPU supports.
 #if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-inline void log1p_row(float* v, const uint8_t* covered, int64_t n, float scale) {
+inline void log1p_row(const float* __restrict v, const uint8_t* __restrict covered, int64_t n,
+                      float scale, float* __restrict dst) {
   for (int64_t c = 0; c < n; ++c) {
     const float t = log1p_pos(v[c] * scale);
-    v[c] = covered[c] ? t : 0.0f;
+    dst[c] = covered[c] ? t : 0.0f;
   }
 }
 

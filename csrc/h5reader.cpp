@@ -188,6 +188,26 @@ void keep_scratch(std::vector<float>&& v) {
     pool.push_back(std::move(v));
 }
 
+// Batch sizes (genes) for short chunk rows, see read_normalize.
+constexpr int64_t kRunBatchGenes = 64;
+constexpr int64_t kGatherBatchGenes = 256;
+
+// Gathers columns local[0..g) of a gene-major chunk (row stride cs) for `rows` genes into
+// sample-major rows: dst[k * dst_stride + gl] = src[gl * cs + local[k]]. Tiled by genes so
+// both sides stay in cache.
+void gather_columns(const uint32_t* src, int64_t cs, const int64_t* local, int64_t g,
+                    int64_t rows, uint32_t* dst, int64_t dst_stride) {
+  constexpr int64_t kTile = 64;
+  for (int64_t gb = 0; gb < rows; gb += kTile) {
+    const int64_t ge = std::min(rows, gb + kTile);
+    for (int64_t k = 0; k < g; ++k) {
+      const uint32_t* s = src + local[k];
+      uint32_t* d = dst + k * dst_stride;
+      for (int64_t gl = gb; gl < ge; ++gl) d[gl] = s[gl * cs];
+    }
+  }
+}
+
 }  // namespace
 
 void release_scratch() {
@@ -208,7 +228,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   if (spec.n_src != m.n_genes) throw std::invalid_argument("gene_map length != genes in file");
   NormPlan plan(spec);
   const bool values = plan.needs_values();
-  const int64_t row_len = std::max<int64_t>(plan.n_mapped(), 1);  // per-sample C/L values
+  // per-sample C/L values; rows padded to whole 64-byte lines (and the buffer aligned below),
+  // so that the gene-major path can write them with streaming stores (scatter_vals_avx2)
+  const int64_t row_len = (std::max<int64_t>(plan.n_mapped(), 1) + 15) & ~int64_t{15};
   int64_t max_group = int64_t{1} << 40;
   if (values) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
   std::vector<Task> tasks = plan_tasks(m, samples, n, max_group);
@@ -232,16 +254,29 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   // set_gene_major(false) forces the transposing path (tests compare the two bit for bit)
   const bool gene_major =
       !m.transposed && spec.mode != Mode::kCounts && switches::gene_major.load();
+  // Chunk rows shorter than this (1 × 1000, 16 × 1000 chunks) are normalized in batches of
+  // consecutive chunk rows: their genes are gathered into one block first, so the per-call
+  // costs of accumulate / accumulate_rows (lookups, a write into every sample's value row, the
+  // 8 × 8 transposition) are paid per batch, not per chunk row of one or a few genes. Every
+  // sample still receives its genes in gene order, and the denominator lanes are chosen by
+  // absolute gene index, so any batching gives the same bits. Gene-major runs copy whole
+  // chunk-row slices (g samples wide) and want a block that stays in L2; the transposing path
+  // writes only the requested samples.
   parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
     const Task& t = tasks[ti];
     const int64_t g = static_cast<int64_t>(t.rows.size());
     std::vector<SampleAcc> accs(g);
     std::vector<int64_t> local(g);
     for (int64_t k = 0; k < g; ++k) local[k] = samples[t.rows[k]] - t.col * m.chunk_samples;
-    if (values && scr[wid].size() < static_cast<size_t>(g * row_len))
-      scr[wid].resize(static_cast<size_t>(g * row_len));
+    if (values && scr[wid].size() < static_cast<size_t>(g * row_len + 16))
+      scr[wid].resize(static_cast<size_t>(g * row_len + 16));
+    float* vals0 = nullptr;
+    if (values) {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(scr[wid].data());
+      vals0 = scr[wid].data() + ((64 - p % 64) % 64) / sizeof(float);  // 64-byte aligned
+    }
     for (int64_t k = 0; k < g; ++k)
-      begin_sample(plan, accs[k], t.rows[k], values ? scr[wid].data() + k * row_len : nullptr);
+      begin_sample(plan, accs[k], t.rows[k], values ? vals0 + k * row_len : nullptr);
     // Gene-major chunks whose requested samples are one contiguous run (the usual case: whole
     // chunk columns) of at least 8 (one SIMD step; shorter runs are faster transposed):
     // accumulate straight from the chunk's gene rows, across samples.
@@ -249,41 +284,69 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     for (int64_t k = 1; run && k < g; ++k) run = local[k] == local[0] + k;
     GroupAcc& ga = groups[wid];
     if (run) ga.reset(g);
-    for (int64_t r = 0; r < m.grid_rows; ++r) {
-      const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col, t.slot);
-      const int64_t g0 = r * m.chunk_genes, g1 = std::min(m.n_genes, g0 + m.chunk_genes);
-      if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
-        for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
-        continue;
-      }
-      if (run) {
-        accumulate_rows(plan, ga, g0, g1, data + local[0], m.chunk_samples,
-                        values ? scr[wid].data() : nullptr, row_len);
-        continue;
-      }
-      const int64_t rows_here = g1 - g0;
-      if (m.transposed) {  // storage is sample-major already
-        for (int64_t k = 0; k < g; ++k)
-          accumulate(plan, accs[k], g0, g1, data + local[k] * m.chunk_genes, 1);
-        continue;
-      }
-      // Gene-major chunk: gather the requested columns into sample-major rows first (tiled,
-      // so both sides stay in cache), then every sample is one contiguous pass.
-      std::vector<uint32_t>& T = tbuf[wid];
-      T.resize(static_cast<size_t>(g * rows_here));
-      const int64_t cs = m.chunk_samples;
-      constexpr int64_t kTile = 64;
-      for (int64_t gb = 0; gb < rows_here; gb += kTile) {
-        const int64_t ge = std::min(rows_here, gb + kTile);
-        for (int64_t k = 0; k < g; ++k) {
-          const uint32_t* src = data + local[k];
-          uint32_t* dst = T.data() + k * rows_here;
-          for (int64_t gl = gb; gl < ge; ++gl) dst[gl] = src[gl * cs];
+    const int64_t cs = m.chunk_samples, cg = m.chunk_genes;
+    const int64_t batch_genes = run ? kRunBatchGenes : kGatherBatchGenes;
+    const int64_t batch_rows = cg >= batch_genes ? 1 : (batch_genes + cg - 1) / cg;
+    const int64_t nb = batch_rows * cg;  // genes a batch holds at most
+    // The batch: genes [b0, b1) gathered so far, in T. Run path: gene-major [nb × g] (row
+    // stride g); else sample-major [g × nb] (sample k's genes at T + k * nb).
+    std::vector<uint32_t>& T = tbuf[wid];
+    int64_t b0 = 0, b1 = 0;
+    auto flush = [&]() {
+      if (b1 > b0) {
+        if (run) {
+          accumulate_rows(plan, ga, b0, b1, T.data(), g, vals0, row_len);
+        } else {
+          for (int64_t k = 0; k < g; ++k)
+            accumulate(plan, accs[k], b0, b1, T.data() + k * nb, 1);
         }
       }
-      for (int64_t k = 0; k < g; ++k)
-        accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
+      b0 = b1;
+    };
+    for (int64_t r = 0; r < m.grid_rows; ++r) {
+      const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col, t.slot);
+      const int64_t g0 = r * cg, g1 = std::min(m.n_genes, g0 + cg);
+      const int64_t rows_here = g1 - g0;
+      if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
+        flush();
+        for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
+        b0 = b1 = g1;
+        continue;
+      }
+      if (batch_rows == 1) {  // long chunk rows: straight from the chunk, no copy
+        if (run) {
+          accumulate_rows(plan, ga, g0, g1, data + local[0], cs, vals0, row_len);
+        } else if (m.transposed) {  // storage is sample-major already
+          for (int64_t k = 0; k < g; ++k)
+            accumulate(plan, accs[k], g0, g1, data + local[k] * cg, 1);
+        } else {
+          // Gene-major chunk: gather the requested columns into sample-major rows first
+          // (tiled, so both sides stay in cache), then every sample is one contiguous pass.
+          T.resize(static_cast<size_t>(g * rows_here));
+          gather_columns(data, cs, local.data(), g, rows_here, T.data(), rows_here);
+          for (int64_t k = 0; k < g; ++k)
+            accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
+        }
+        b0 = b1 = g1;
+        continue;
+      }
+      // short chunk rows: append genes [g0, g1) to the batch
+      if (T.size() < static_cast<size_t>(g * nb)) T.resize(static_cast<size_t>(g * nb));
+      const int64_t o = g0 - b0;  // position of g0 in the batch
+      if (run) {
+        for (int64_t gl = 0; gl < rows_here; ++gl)
+          std::memcpy(T.data() + (o + gl) * g, data + gl * cs + local[0], sizeof(uint32_t) * g);
+      } else if (m.transposed) {
+        for (int64_t k = 0; k < g; ++k)
+          std::memcpy(T.data() + k * nb + o, data + local[k] * cg,
+                      sizeof(uint32_t) * rows_here);
+      } else {
+        gather_columns(data, cs, local.data(), g, rows_here, T.data() + o, nb);
+      }
+      b1 = g1;
+      if (b1 - b0 + cg > nb) flush();  // the next chunk row would not fit
     }
+    flush();
     if (run) flush_group(ga, accs.data());
     for (int64_t k = 0; k < g; ++k)
       finish_sample(plan, accs[k], t.rows[k], values ? rowbuf[wid].data() : nullptr);

@@ -105,7 +105,7 @@ void unshuffle(const uint8_t* in, uint8_t* out, size_t nbytes, size_t elem_size)
 
 const char* inflate_backend() {
 #ifdef BULKFORMER_HAVE_LIBDEFLATE
-  return zlib_forced() ? "zlib" : "libdeflate";
+  return switches::force_zlib.load() ? "zlib" : "libdeflate";
 #else
   return "zlib";
 #endif

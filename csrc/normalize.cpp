@@ -320,42 +320,69 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
 #endif
 
 #ifdef BULKFORMER_X86
+// 8 samples' C/L of 8 mapped genes lo[0..8), transposed: t[k] holds sample k0 + k's 8 values.
+__attribute__((target("avx2"))) static inline void vals_block8(const uint32_t* rows,
+                                                               int64_t row_stride, int64_t g0,
+                                                               const int64_t* lo,
+                                                               const float* inv, int64_t k0,
+                                                               __m256* t) {
+  const __m256i mask16 = _mm256_set1_epi32(0xffff);
+  const __m256 k65536 = _mm256_set1_ps(65536.0f);
+  __m256 r[8];
+  for (int j = 0; j < 8; ++j) {
+    const int64_t gg = lo[j];
+    const __m256i c = _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(rows + (gg - g0) * row_stride + k0));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+    const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
+    r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw), _mm256_set1_ps(inv[gg]));
+  }
+  // 8 × 8 transpose: r[j][k] (gene j, sample k) -> t[k][j]
+  const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+  t[0] = _mm256_permute2f128_ps(b0, b4, 0x20), t[1] = _mm256_permute2f128_ps(b1, b5, 0x20);
+  t[2] = _mm256_permute2f128_ps(b2, b6, 0x20), t[3] = _mm256_permute2f128_ps(b3, b7, 0x20);
+  t[4] = _mm256_permute2f128_ps(b0, b4, 0x31), t[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
+  t[6] = _mm256_permute2f128_ps(b2, b6, 0x31), t[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+}
+
 // C/L of mapped genes lo[0..nm) into the value rows of samples 0..K/8*8 (8 × 8 blocks: 8
 // samples' counts of 8 genes, converted exactly as pass1_u32_avx2 does, multiplied by 1/L,
 // transposed in registers, stored as 8 contiguous floats per sample). Returns the samples
 // done; genes beyond the last full 8 of each block are written scalar.
+//
+// The value rows of a wide chunk column (hundreds of MB) are not read again before
+// finish_sample, long after they left the caches: when every sample's row piece starts on a
+// 64-byte boundary (vals rows padded and aligned by the caller), whole lines (16 genes, two
+// blocks) are written with non-temporal stores, which skips reading each line from memory
+// before overwriting it.
 __attribute__((target("avx2"))) static int64_t scatter_vals_avx2(
     const uint32_t* rows, int64_t row_stride, int64_t g0, const int64_t* lo, int64_t nm,
     const float* inv, int64_t K, float* v0, int64_t vs) {
-  const __m256i mask16 = _mm256_set1_epi32(0xffff);
-  const __m256 k65536 = _mm256_set1_ps(65536.0f);
   const int64_t k8 = K & ~int64_t{7}, n8 = nm & ~int64_t{7};
+  const bool stream = vs % 16 == 0 && reinterpret_cast<uintptr_t>(v0) % 64 == 0;
+  const int64_t n16 = stream ? nm & ~int64_t{15} : 0;  // genes written by streaming stores
   for (int64_t k0 = 0; k0 < k8; k0 += 8) {
-    for (int64_t i0 = 0; i0 < n8; i0 += 8) {
-      __m256 r[8];
-      for (int j = 0; j < 8; ++j) {
-        const int64_t gg = lo[i0 + j];
-        const __m256i c = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(rows + (gg - g0) * row_stride + k0));
-        const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
-        const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
-        r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw),
-                             _mm256_set1_ps(inv[gg]));
+    int64_t i0 = 0;
+    for (; i0 < n16; i0 += 16) {
+      __m256 t[8], u[8];
+      vals_block8(rows, row_stride, g0, lo + i0, inv, k0, t);
+      vals_block8(rows, row_stride, g0, lo + i0 + 8, inv, k0, u);
+      for (int k = 0; k < 8; ++k) {
+        float* d = v0 + (k0 + k) * vs + i0;
+        _mm256_stream_ps(d, t[k]);
+        _mm256_stream_ps(d + 8, u[k]);
       }
-      // 8 × 8 transpose: r[j][k] (gene j, sample k) -> t[k][j]
-      const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
-      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
-      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
-      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
-      const __m256 t[8] = {
-          _mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
-          _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
-          _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
-          _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
+    }
+    for (; i0 < n8; i0 += 8) {
+      __m256 t[8];
+      vals_block8(rows, row_stride, g0, lo + i0, inv, k0, t);
       for (int k = 0; k < 8; ++k) _mm256_storeu_ps(v0 + (k0 + k) * vs + i0, t[k]);
     }
     for (int64_t i = n8; i < nm; ++i) {  // the last genes of these 8 samples
@@ -365,6 +392,7 @@ __attribute__((target("avx2"))) static int64_t scatter_vals_avx2(
         v0[k * vs + i] = static_cast<float>(R[k]) * inv[gg];
     }
   }
+  if (n16) _mm_sfence();  // streaming stores are weakly ordered: drain them here
   return k8;
 }
 #endif
@@ -441,18 +469,28 @@ void finish_sample(const NormPlan& plan, SampleAcc& acc, int64_t row, float* row
     v = acc.vals;  // output column m is mapped gene m: work in the sample's value row itself
   } else if (plan.injective) {
     // every covered column receives exactly one value (0 + x == x: same bits as the sum);
-    // columns no gene reaches are zeroed by log1p_row, whatever the buffer held
+    // columns no gene reaches are written as 0 by log1p_row, whatever the buffer held
     for (int64_t m = 0; m < nm; ++m) v[mc[m]] = acc.vals[m];
   } else {
     // scatter C/L to output columns (duplicates summed in gene order, on every path)
     std::memset(v, 0, sizeof(float) * n);
     for (int64_t m = 0; m < nm; ++m) v[mc[m]] += acc.vals[m];
   }
-  log1p_row(v, plan.covered.data(), n, scale);  // log1p(TPM) in place
+  // log1p(TPM) goes straight to the output row (float32) or through a small buffer that stays
+  // in L1 (float16), never back into v: for wide chunk columns v is a sample's value row in a
+  // buffer of hundreds of MB, and dirtying it would write the whole buffer back to memory.
+  const uint8_t* cov = plan.covered.data();
   if (s.out_type == OutType::kF32) {
-    std::memcpy(static_cast<float*>(s.out) + row * s.out_row_stride, v, sizeof(float) * n);
+    log1p_row(v, cov, n, scale, static_cast<float*>(s.out) + row * s.out_row_stride);
   } else if (s.out_type == OutType::kF16) {
-    f32_to_f16_row(v, static_cast<uint16_t*>(s.out) + row * s.out_row_stride, n);
+    uint16_t* o = static_cast<uint16_t*>(s.out) + row * s.out_row_stride;
+    constexpr int64_t kStep = 2048;
+    float t[kStep];
+    for (int64_t c = 0; c < n; c += kStep) {
+      const int64_t len = std::min(kStep, n - c);
+      log1p_row(v + c, cov + c, len, scale, t);
+      f32_to_f16_row(t, o + c, len);
+    }
   }
 }
 

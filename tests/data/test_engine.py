@@ -483,3 +483,66 @@ def test_switch_setters_return_the_previous_setting_and_restore():
     assert engine.set_simd(True) is True and engine.set_gene_major(True) is True
     assert engine.set_default_threads(3) == 0
     assert engine.set_default_threads(None) == 3
+
+
+@pytest.mark.parametrize("chunks", [(1, 64), (3, 50), (16, 301), (5, 7)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_short_chunk_rows_batched_bit_identical(tmp_path, chunks, transposed):
+    """Chunk rows of a few genes are normalized in batches of consecutive chunk rows (gathered
+    into one block). Batches must not change a bit: against the dense path (one piece per
+    sample, engine="h5py"), on odd sizes with partial edge chunks, unwritten chunk rows inside
+    and at the end of a batch, contiguous and scattered requests, every output kind, both
+    accumulation paths and 1 or 2 threads."""
+    r = np.random.default_rng(13)
+    G, S = 1037, 301
+    c = (r.negative_binomial(1, 0.002, (G, S)) * (r.random((G, S)) < 0.7)).astype(np.uint32)
+    c[:5, :3] = [[4_294_967_295], [16_777_217], [16_777_219], [2**31 + 1], [3]]
+    # genes never written (fill value 0): a stretch inside the file and the last genes
+    # (multiples of every chunk-gene extent above, so whole chunk rows stay unwritten)
+    c[240:480] = 0
+    c[1035:] = 0
+    path = tmp_path / "short.h5"
+    with h5py.File(path, "w") as f:
+        shape, ck = ((S, G), chunks[::-1]) if transposed else ((G, S), chunks)
+        ds = f.create_dataset("x", shape=shape, dtype="<u4", chunks=ck, compression="gzip")
+        for lo, hi in ((0, 240), (480, 1035)):
+            if transposed:
+                ds[:, lo:hi] = c[lo:hi].T
+            else:
+                ds[lo:hi] = c[lo:hi]
+    lengths = r.uniform(200, 9000, G)
+    lengths[::17] = np.nan
+    gm = np.full(G, -1, np.int64)
+    gm[r.choice(G, 700, replace=False)] = np.arange(700)
+    gm[5] = gm[6]  # a duplicate: summed
+    full = np.arange(G, dtype=np.int64)  # identity map: normalized in the value rows
+    requests = {
+        "all": np.arange(S),
+        "run": np.arange(37, 262),
+        "scattered": r.permutation(S)[:90],
+        # one chunk column for most layouts: a single task, inflated on both threads
+        "one column": r.permutation(50)[:30],
+    }
+    with h5py.File(path) as f:
+        ds = f["x"]
+        for name, rows in requests.items():
+            for gmap, n_out in ((gm, 700), (full, G)):
+                kw = dict(gene_map=gmap, lengths=lengths, n_out=n_out, transposed=transposed)
+                for mode, dtype, out in (
+                    ("log1p_tpm", np.float32, None),
+                    ("log1p_tpm", np.float16, None),
+                    ("log1p_tpm", np.float32, False),
+                    ("counts", np.uint32, None),
+                ):
+                    more = dict(kw, mode=mode, dtype=dtype)
+                    if out is False:
+                        more["out"] = False
+                    want = read_matrix(ds, rows, engine="h5py", **more)
+                    for threads in (1, 2):
+                        for gene_major in (True, False):
+                            with engine.switches(gene_major=gene_major):
+                                got = read_matrix(ds, rows, engine="cpp", threads=threads, **more)
+                            what = f"{name} {mode} {dtype} out={out} t={threads} gm={gene_major}"
+                            for a, b in zip(got, want):
+                                if a is not None or b is not None:
+                                    np.testing.assert_array_equal(a, b, err_msg=what)
