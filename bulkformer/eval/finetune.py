@@ -141,10 +141,24 @@ class FinetuneClassifier:
         )
         self.seed = seed
 
+    def _batches(self, prep, rows, batch_size: int):
+        """``(b, x, missing)`` per batch of ``rows``: the row indices and their tensors on the
+        device."""
+        import torch
+
+        for a in range(0, len(rows), batch_size):
+            b = rows[a : a + batch_size]
+            x = torch.from_numpy(prep.rows(b)).to(self.device)
+            yield b, x, torch.from_numpy(prep.missing(b)).to(self.device)
+
+    def _embed(self, x, miss):
+        """(B, D) sample embeddings by the current encoder (``how``; None: the model's
+        default)."""
+        out = self.encoder(x, missing=miss)
+        return (out.pool(self.how) if self.how else out.pool()).float()
+
     def _logits(self, x, miss):
-        out = self.encoder(x, missing=miss)  # hidden (B, G, D)
-        pooled = out.pool(self.how) if self.how else out.pool()  # None: the model's default
-        return self.head(pooled.float())  # (B, C)
+        return self.head(self._embed(x, miss))  # (B, C)
 
     def fit(
         self,
@@ -207,10 +221,7 @@ class FinetuneClassifier:
             self.head.train()
             order = fit_rows[rng.permutation(len(fit_rows))]
             total = 0.0
-            for a in range(0, len(order), batch_size):
-                b = order[a : a + batch_size]
-                x = torch.from_numpy(prep.rows(b)).to(self.device)
-                m = torch.from_numpy(prep.missing(b)).to(self.device)
+            for b, x, m in self._batches(prep, order, batch_size):
                 t = torch.tensor([target[i] for i in b.tolist()], device=self.device)
                 loss = torch.nn.functional.cross_entropy(self._logits(x, m), t)
                 self.opt.zero_grad(set_to_none=True)
@@ -238,14 +249,10 @@ class FinetuneClassifier:
         import torch
 
         self.encoder.eval()
-        out = []
         with torch.no_grad():
-            for a in range(0, len(rows), batch_size):
-                b = rows[a : a + batch_size]
-                x = torch.from_numpy(prep.rows(b)).to(self.device)
-                m = torch.from_numpy(prep.missing(b)).to(self.device)
-                o = self.encoder(x, missing=m)
-                out.append((o.pool(self.how) if self.how else o.pool()).float().cpu().numpy())
+            out = [
+                self._embed(x, m).cpu().numpy() for _, x, m in self._batches(prep, rows, batch_size)
+            ]
         D = self.encoder.config.d_model
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, D))
 
@@ -293,10 +300,8 @@ class FinetuneClassifier:
         self.head.eval()
         total = 0.0
         with torch.no_grad():
-            for a in range(0, len(rows), batch_size):
-                b = rows[a : a + batch_size]
-                x = torch.from_numpy(prep.rows(b)).to(self.device)
-                m = torch.from_numpy(prep.missing(b)).to(self.device)
+            for i, (_, x, m) in enumerate(self._batches(prep, rows, batch_size)):
+                a = i * batch_size
                 t = torch.tensor(target[a : a + batch_size], device=self.device)
                 loss = torch.nn.functional.cross_entropy(self._logits(x, m), t, reduction="sum")
                 total += loss.item()
@@ -313,13 +318,9 @@ class FinetuneClassifier:
 
         self.encoder.eval()
         self.head.eval()
-        out = []
         with torch.no_grad():
-            for a in range(0, len(rows), batch_size):
-                b = rows[a : a + batch_size]
-                x = torch.from_numpy(prep.rows(b)).to(self.device)
-                m = torch.from_numpy(prep.missing(b)).to(self.device)
-                out.append(self._logits(x, m).argmax(1).cpu().numpy())
+            out = [self._logits(x, m).argmax(1).cpu().numpy()
+                   for _, x, m in self._batches(prep, rows, batch_size)]  # fmt: skip
         return self.classes[np.concatenate(out)] if out else np.array([], dtype=object)
 
 
