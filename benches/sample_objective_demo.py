@@ -27,7 +27,7 @@ from bulkformer.data.demo import demo_path
 from bulkformer.data.derive import derive_corpus
 from bulkformer.eval.embed import prepare_input, run_model
 from bulkformer.eval.impute import imputation_scores, knn_impute, mask_genes
-from bulkformer.eval.imputers import PCAImputer, select_imputers
+from bulkformer.eval.imputers import fit_pca_imputer
 from bulkformer.eval.probe import labels_of, linear_probe, make_folds
 from bulkformer.eval.report import _holdout
 from bulkformer.model import BulkFormerConfig
@@ -109,9 +109,8 @@ def run(name, seed, config_over, steps=400, lr=3e-3, bs=16, mask_fraction=0.15, 
         preds["avg"] = 0.5 * (preds["token"] + preds["sample"])
     preds["gene_mean"] = np.broadcast_to(ztr.mean(0), zt.shape)
     preds["knn"] = knn_impute(ztr, obs_tr, zt, obs_t & ~mask, k=10)
-    chosen, _ = select_imputers(ztr, obs_tr, fraction=0.15, seed=seed, knn_grid=())
-    k = chosen["pca"]
-    preds["pca"] = PCAImputer().fit(ztr, obs_tr, max_k=k).predict(zt, obs_t & ~mask, k)
+    pca, k, _ = fit_pca_imputer(ztr, obs_tr, fraction=0.15, seed=seed)
+    preds["pca"] = pca.predict(zt, obs_t & ~mask, k)
     r["pca_k"] = k
     st = pre.stats
     for kname, p in preds.items():

@@ -26,6 +26,7 @@ __all__ = [
     "knn_impute",
     "PCAImputer",
     "select_imputers",
+    "fit_pca_imputer",
     "mask_genes",
     "KNN_GRID",
     "PCA_GRID",
@@ -231,3 +232,22 @@ def select_imputers(
     }
     log.info("imputer settings chosen on %d validation rows: %s", len(va), best)
     return best, table
+
+
+def fit_pca_imputer(
+    train: np.ndarray,
+    train_observed: np.ndarray,
+    *,
+    fraction: float = 0.15,
+    seed: int = 0,
+    grid=PCA_GRID,
+) -> tuple[PCAImputer, int, pd.DataFrame]:
+    """The PCA imputer of the training rows at the rank :func:`select_imputers` chooses on them
+    (candidates ``grid``): ``(imputer, k, validation table)``, ``k`` at most ``max(grid)`` and
+    the fitted rank."""
+    chosen, table = select_imputers(
+        train, train_observed, fraction=fraction, seed=seed, knn_grid=(), pca_grid=grid
+    )
+    k = min(chosen.get("pca", min(grid)), max(grid))  # (too few rows: a default, capped too)
+    pca = PCAImputer().fit(train, train_observed, max_k=k)
+    return pca, min(k, pca.max_k), table

@@ -42,7 +42,7 @@ def fit_prior(
     ``{"rank", "rows", "seconds", "val_mse_z"}``: the chosen rank (0 when the rows are too few
     to fit anything: the prior then stays at 0), and the validation MSE of every candidate.
     """
-    from ..eval.imputers import PCA_GRID, PCAImputer, select_imputers
+    from ..eval.imputers import PCA_GRID, fit_pca_imputer
 
     t0 = time.perf_counter()
     n = len(x)
@@ -50,12 +50,7 @@ def fit_prior(
         log.warning("PCA prior: %d training rows are too few to fit it; it stays off", n)
         return {"rank": 0, "rows": n, "seconds": 0.0, "val_mse_z": {}}
     grid = tuple(k for k in PCA_GRID if k <= prior.max_rank) or (prior.max_rank,)
-    chosen, table = select_imputers(
-        x, observed, fraction=fraction, seed=seed, knn_grid=(), pca_grid=grid
-    )
-    k = min(chosen.get("pca", grid[0]), prior.max_rank)
-    pca = PCAImputer().fit(x, observed, max_k=k)
-    k = min(k, pca.max_k)
+    pca, k, table = fit_pca_imputer(x, observed, fraction=fraction, seed=seed, grid=grid)
     prior.set(pca.mean_, pca.components_[:, :k], pca.penalty(k))
     val = {}
     if len(table):

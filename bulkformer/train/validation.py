@@ -57,14 +57,11 @@ class BaselineImputers:
         self.pca = None
         self.rank = 0
         if len(train) > 2:
-            from ..eval.imputers import PCAImputer, select_imputers
+            from ..eval.imputers import fit_pca_imputer
 
-            chosen, _ = select_imputers(
-                self.train, self.observed, fraction=fraction, seed=seed, knn_grid=()
+            self.pca, self.rank, _ = fit_pca_imputer(
+                self.train, self.observed, fraction=fraction, seed=seed
             )
-            self.rank = chosen["pca"]
-            self.pca = PCAImputer().fit(self.train, self.observed, max_k=self.rank)
-            self.rank = min(self.rank, self.pca.max_k)
         log.info("validation baselines: %d training rows, PCA rank %d", len(train), self.rank)
 
     def predict(self, x: np.ndarray, visible: np.ndarray) -> dict[str, np.ndarray]:
