@@ -1,6 +1,7 @@
-// Vectorizable float32 kernels for the normalizer's hot loops: log1p over a row (Cephes logf
-// polynomial, branch-free so the compiler emits SIMD code) and float32 -> float16 rows (F16C
-// when the CPU has it, the bit-exact software conversion otherwise; both round to nearest even).
+// Vectorizable float32 kernels for the normalizer's hot loops: log1p over a row (a polynomial
+// after an exact range reduction, branch-free so the compiler emits SIMD code) and float32 ->
+// float16 rows (F16C when the CPU has it, the bit-exact software conversion otherwise; both
+// round to nearest even).
 #pragma once
 
 #include <cstdint>
@@ -15,44 +16,34 @@
 
 namespace bulkformer {
 
-// log(u) for u >= 1 (finite), relative error ~1e-7 (Cephes logf).
-static inline float log_ge1(float u) {
-  uint32_t bits;
-  std::memcpy(&bits, &u, 4);
-  int e = static_cast<int>((bits >> 23) & 0xff) - 126;
-  bits = (bits & 0x807fffffu) | 0x3f000000u;  // mantissa in [0.5, 1)
-  float m;
-  std::memcpy(&m, &bits, 4);
-  const bool small = m < 0.707106781186547524f;
-  e -= small ? 1 : 0;
-  float x = small ? (m + m - 1.0f) : (m - 1.0f);
-  const float z = x * x;
-  float y = 7.0376836292E-2f;
-  y = y * x - 1.1514610310E-1f;
-  y = y * x + 1.1676998740E-1f;
-  y = y * x - 1.2420140846E-1f;
-  y = y * x + 1.4249322787E-1f;
-  y = y * x - 1.6668057665E-1f;
-  y = y * x + 2.0000714765E-1f;
-  y = y * x - 2.4999993993E-1f;
-  y = y * x + 3.3333331174E-1f;
-  y = y * x * z;
-  const float fe = static_cast<float>(e);
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  x = x + y;
-  x += 0.693359375f * fe;
+// log1p(x) for x >= 0 (finite), max error 1.45 ulp (1.34 with FMA contraction) against the
+// float64 log1p over 21 M random arguments from 1e-12 to 3e7 (the old Cephes-logf-plus-Goldberg
+// form: 2.42 ulp). Branch- and division-free, so the compiler emits SIMD code:
+//   1 + x = 2^K (1 + f) with 1 + f in [0.75, 1.5), K chosen from the bits of 1 + x;
+//   f = x 2^-K + (2^-K - 1), both terms exact (K = 0: f = x itself, so tiny x lose nothing);
+//   log1p(x) = K ln2 + f - f^2/2 + f^3 Q(f), Q of degree 6 fitted here for relative error
+//   2^-24.6 on [-0.25, 0.5] (weighted least squares iterated towards minimax), in Estrin form.
+static inline uint32_t f32_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+static inline float bits_f32(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, 4);
   return x;
 }
-
-// log1p(x) for x >= 0 with Goldberg's correction: log(1+x) * x / ((1+x) - 1).
 static inline float log1p_pos(float x) {
-  const float u = 1.0f + x;
-  const float d = u - 1.0f;
-  const bool exact = d == 0.0f;
-  const float ratio = x / (exact ? 1.0f : d);  // never divides by zero: selects, no branches
-  const float l = log_ge1(u);
-  return exact ? x : l * ratio;
+  const uint32_t ku = (f32_bits(x + 1.0f) - 0x3f400000u) & 0xff800000u;  // K in the exponent
+  const float s = bits_f32(0x40800000u - ku);                             // 4 * 2^-K
+  const float f = bits_f32(f32_bits(x) - ku) + (0.25f * s - 1.0f);
+  const float k = static_cast<float>(static_cast<int32_t>(ku) >> 23);
+  const float f2 = f * f, f4 = f2 * f2;
+  const float p01 = 0x1.5555b2p-2f - 0x1.ffececp-3f * f;
+  const float p23 = 0x1.993ce8p-3f - 0x1.57d5c8p-3f * f;
+  const float p45 = 0x1.313e2ep-3f - 0x1.f0316ep-4f * f;
+  const float q = (p01 + p23 * f2) + (p45 + 0x1.c772b0p-5f * f2) * f4;
+  return k * 0x1.62e430p-1f + (f + f2 * (q * f - 0.5f));
 }
 
 // dst[c] = covered[c] ? log1p(v[c] * scale) : 0, for a whole row (dst does not overlap v).

@@ -303,6 +303,36 @@ def test_float_to_half_matches_numpy():
     np.testing.assert_array_equal(_C.float_to_half(x), want)
 
 
+def test_log1p_within_1_5_ulp_of_float64():
+    """The engine's float32 log1p, fed TPM as given (scale 1), against float64 log1p.
+
+    Arguments: log-uniform over 1e-12 … 3e7, every float32 around the range-reduction
+    boundaries (1 + x = 1.5 · 2^K) and the small-x region, 0 and subnormals; a row length
+    that is not a multiple of the SIMD width, so the scalar tail runs too."""
+    r = np.random.default_rng(3)
+    x = [np.exp(r.uniform(np.log(1e-12), np.log(3e7), 1_500_000))]
+    for k in range(0, 22):  # 1 + x = 1.5 * 2^k, where K steps
+        b = np.float32(1.5 * 2.0**k - 1)
+        x.append(b + np.arange(-300, 300, dtype=np.float32) * np.spacing(b))
+    x.append(np.float32(2.0**-24) * np.arange(0, 3000, dtype=np.float32))
+    x.append(np.array([0.0, 1e-45, 1e-40, 1.2e-38, 2.0**-23, 1.0, 3e7], np.float32))
+    x = np.concatenate([np.asarray(a, np.float32) for a in x])
+    x = x[x >= 0]
+    J = 1_001  # odd row length
+    n = len(x) // J * J
+    rows = x[:n].reshape(-1, J).astype(np.float64)
+    got, _, _ = engine.normalize_dense(rows, np.arange(J), None, J, values="tpm", qc=False)
+    want = np.log1p(rows)
+    assert got.dtype == np.float32
+    assert np.all(got[rows == 0] == 0)  # log1p(0) is exactly 0
+    ulp = np.spacing(np.abs(want.astype(np.float32)))
+    err = np.abs(got.astype(np.float64) - want) / ulp
+    i = np.unravel_index(np.argmax(err), err.shape)
+    assert err.max() <= 1.5, f"{err.max():.3f} ulp at x = {rows[i]!r}"
+    small = rows < 2.0**-12  # relative accuracy holds for tiny arguments as well
+    assert np.all(np.abs(got[small] - want[small]) <= 1.5 * ulp[small])
+
+
 def test_inflate_only_counts_bytes(tmp_path, data):
     counts = data[0]
     path = _write(tmp_path / "x.h5", counts, chunks=(100, 7), compression="gzip")
@@ -546,3 +576,4 @@ def test_short_chunk_rows_batched_bit_identical(tmp_path, chunks, transposed):
                             for a, b in zip(got, want):
                                 if a is not None or b is not None:
                                     np.testing.assert_array_equal(a, b, err_msg=what)
+
