@@ -320,6 +320,24 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
 #endif
 
 #ifdef BULKFORMER_X86
+// 8 × 8 transpose in registers: r[j][k] (gene j, sample k) -> t[k][j].
+__attribute__((target("avx2"))) static inline void transpose8(const __m256* r, __m256* t) {
+  const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+  t[0] = _mm256_permute2f128_ps(b0, b4, 0x20), t[1] = _mm256_permute2f128_ps(b1, b5, 0x20);
+  t[2] = _mm256_permute2f128_ps(b2, b6, 0x20), t[3] = _mm256_permute2f128_ps(b3, b7, 0x20);
+  t[4] = _mm256_permute2f128_ps(b0, b4, 0x31), t[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
+  t[6] = _mm256_permute2f128_ps(b2, b6, 0x31), t[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+}
+#endif
+
+#ifdef BULKFORMER_X86
 // 8 samples' C/L of 8 mapped genes lo[0..8), transposed: t[k] holds sample k0 + k's 8 values.
 __attribute__((target("avx2"))) static inline void vals_block8(const uint32_t* rows,
                                                                int64_t row_stride, int64_t g0,
@@ -337,19 +355,7 @@ __attribute__((target("avx2"))) static inline void vals_block8(const uint32_t* r
     const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
     r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw), _mm256_set1_ps(inv[gg]));
   }
-  // 8 × 8 transpose: r[j][k] (gene j, sample k) -> t[k][j]
-  const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
-  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
-  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
-  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
-  t[0] = _mm256_permute2f128_ps(b0, b4, 0x20), t[1] = _mm256_permute2f128_ps(b1, b5, 0x20);
-  t[2] = _mm256_permute2f128_ps(b2, b6, 0x20), t[3] = _mm256_permute2f128_ps(b3, b7, 0x20);
-  t[4] = _mm256_permute2f128_ps(b0, b4, 0x31), t[5] = _mm256_permute2f128_ps(b1, b5, 0x31);
-  t[6] = _mm256_permute2f128_ps(b2, b6, 0x31), t[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
+  transpose8(r, t);
 }
 
 // C/L of mapped genes lo[0..nm) into the value rows of samples 0..K/8*8 (8 × 8 blocks: 8
@@ -397,6 +403,82 @@ __attribute__((target("avx2"))) static int64_t scatter_vals_avx2(
 }
 #endif
 
+#ifdef BULKFORMER_X86
+// accumulate_rows when every gene of the batch is mapped, in order (full width, identity map):
+// gene_row_avx2 and scatter_vals_avx2 in one pass, so each count is loaded and converted once.
+// Samples [0, K8) (K8 a multiple of 8) × genes [0, n8) (n8 a multiple of 8) of rows, whose
+// first gene is g0: per 8 samples, the QC counters and the four denominator lanes take the
+// genes in gene order (the same operations as gene_row_avx2, gene by gene), and the 8 × 8
+// blocks of C/L go to the value rows (pairs of blocks as whole 64-byte lines, streamed, when
+// the rows are aligned; as scatter_vals_avx2).
+// One 8 × 8 block of fused_rows_avx2: genes i0 .. i0 + 7 of samples k0 .. k0 + 7.
+__attribute__((target("avx2"))) static inline void fused_block8(
+    const uint32_t* rows, int64_t row_stride, int64_t g0, int64_t i0, const float* inv,
+    int64_t k0, double* d, int64_t lane_stride, __m256i& nz, __m256i& t0, __m256i& t1,
+    __m256* t) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i mask16 = _mm256_set1_epi32(0xffff);
+  const __m256 k65536 = _mm256_set1_ps(65536.0f);
+  __m256 r[8];
+  for (int j = 0; j < 8; ++j) {
+    const int64_t g = g0 + i0 + j;
+    const __m256i c = _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(rows + (i0 + j) * row_stride + k0));
+    nz = _mm256_sub_epi32(nz, _mm256_andnot_si256(_mm256_cmpeq_epi32(c, zero),
+                                                  _mm256_set1_epi32(-1)));
+    t0 = _mm256_add_epi64(t0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(c)));
+    t1 = _mm256_add_epi64(t1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(c, 1)));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+    const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
+    r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw), _mm256_set1_ps(inv[g]));
+    double* dl = d + (g & 3) * lane_stride + k0;
+    _mm256_storeu_pd(dl, _mm256_add_pd(_mm256_loadu_pd(dl),
+                                       _mm256_cvtps_pd(_mm256_castps256_ps128(r[j]))));
+    _mm256_storeu_pd(dl + 4, _mm256_add_pd(_mm256_loadu_pd(dl + 4),
+                                           _mm256_cvtps_pd(_mm256_extractf128_ps(r[j], 1))));
+  }
+  transpose8(r, t);
+}
+
+__attribute__((target("avx2"))) static void fused_rows_avx2(
+    const uint32_t* rows, int64_t row_stride, int64_t g0, int64_t n8, const float* inv,
+    int64_t K8, double* d, int64_t lane_stride, int32_t* nnz, uint64_t* tot, float* v0,
+    int64_t vs) {
+  const bool stream = vs % 16 == 0 && reinterpret_cast<uintptr_t>(v0) % 64 == 0;
+  const int64_t step = stream ? 16 : 8;
+  const int64_t n_step = n8 / step * step;
+  for (int64_t k0 = 0; k0 < K8; k0 += 8) {
+    __m256i nz = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nnz + k0));
+    __m256i t0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + k0));
+    __m256i t1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + k0 + 4));
+    int64_t i0 = 0;
+    for (; i0 < n_step; i0 += step) {
+      __m256 t[8], u[8];
+      fused_block8(rows, row_stride, g0, i0, inv, k0, d, lane_stride, nz, t0, t1, t);
+      if (stream) {
+        fused_block8(rows, row_stride, g0, i0 + 8, inv, k0, d, lane_stride, nz, t0, t1, u);
+        for (int k = 0; k < 8; ++k) {
+          float* dst = v0 + (k0 + k) * vs + i0;
+          _mm256_stream_ps(dst, t[k]);
+          _mm256_stream_ps(dst + 8, u[k]);
+        }
+      } else {
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(v0 + (k0 + k) * vs + i0, t[k]);
+      }
+    }
+    for (; i0 < n8; i0 += 8) {  // the last 8 genes when pairs are streamed
+      __m256 t[8];
+      fused_block8(rows, row_stride, g0, i0, inv, k0, d, lane_stride, nz, t0, t1, t);
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(v0 + (k0 + k) * vs + i0, t[k]);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(nnz + k0), nz);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k0), t0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k0 + 4), t1);
+  }
+  if (stream) _mm_sfence();
+}
+#endif
+
 template <bool kValues>
 static void gene_row(const uint32_t* R, int64_t K, float f, double* dl, int32_t* nnz,
                      uint64_t* tot) {
@@ -406,39 +488,74 @@ static void gene_row(const uint32_t* R, int64_t K, float f, double* dl, int32_t*
   gene_row_generic<kValues>(R, K, f, dl, nnz, tot);
 }
 
+// Samples per tile of accumulate_rows: the group's accumulators for a tile (nnz, tot and the
+// four denominator lanes: 44 bytes per sample) stay in L1 while every gene row of the batch
+// passes over them, and the tile's slice of the chunk (genes × 128 × 4 bytes) stays in L2
+// between the accumulation and the value-row pass that reads it again. Whole groups (1,000
+// samples: 44 KB of accumulators) spilled to L2 on every gene row.
+constexpr int64_t kSampleTile = 128;
+
 void accumulate_rows(const NormPlan& plan, GroupAcc& ga, int64_t g0, int64_t g1,
                      const uint32_t* rows, int64_t row_stride, float* vals0,
                      int64_t vals_stride) {
   const int64_t K = ga.K;
   const float* inv = plan.inv_len_f.data();
-  int32_t* nnz = ga.nnz.data();
-  uint64_t* tot = ga.tot.data();
-  if (!vals0) {  // QC only
-    for (int64_t g = g0; g < g1; ++g)
-      gene_row<false>(rows + (g - g0) * row_stride, K, 0.0f, nullptr, nnz, tot);
-    return;
-  }
-  for (int64_t g = g0; g < g1; ++g)
-    gene_row<true>(rows + (g - g0) * row_stride, K, inv[g], ga.d.data() + (g & 3) * K, nnz, tot);
-  // C/L of the mapped genes into each sample's row of vals (mapped order, as accumulate())
   const int64_t* mg = plan.mapped_gene.data();
   const int64_t* lo = std::lower_bound(mg, mg + plan.mapped_gene.size(), g0);
   const int64_t* hi = std::lower_bound(lo, mg + plan.mapped_gene.size(), g1);
   const int64_t m0 = lo - mg, nm = hi - lo;
-  int64_t k_done = 0;
+  // Each sample still receives its genes in gene order, lane g & 3, whatever the tiling.
+  for (int64_t kt = 0; kt < K; kt += kSampleTile) {
+    const int64_t Kt = std::min(kSampleTile, K - kt);
+    const uint32_t* rt = rows + kt;
+    int32_t* nnz = ga.nnz.data() + kt;
+    uint64_t* tot = ga.tot.data() + kt;
+    if (!vals0) {  // QC only
+      for (int64_t g = g0; g < g1; ++g)
+        gene_row<false>(rt + (g - g0) * row_stride, Kt, 0.0f, nullptr, nnz, tot);
+      continue;
+    }
+    float* vt = vals0 + m0 + kt * vals_stride;
+    int64_t k_done = 0;
 #ifdef BULKFORMER_X86
-  if (use_avx2()) k_done = scatter_vals_avx2(rows, row_stride, g0, lo, nm, inv, K, vals0 + m0,
-                                       vals_stride);
+    if (use_avx2() && nm == g1 - g0 && Kt >= 8) {
+      // every gene of the batch is mapped (mapped genes are sorted and distinct, so they are
+      // g0 .. g1 - 1 in order): one pass for QC, denominators and value rows. Samples
+      // [0, K8) × genes [0, n8) first, then the last genes of those samples, in gene order,
+      // then the last samples (independent of the others).
+      const int64_t K8 = Kt & ~int64_t{7}, n8 = nm & ~int64_t{7};
+      double* d = ga.d.data() + kt;
+      fused_rows_avx2(rt, row_stride, g0, n8, inv, K8, d, K, nnz, tot, vt, vals_stride);
+      for (int64_t i = n8; i < nm; ++i) {
+        const int64_t g = g0 + i;
+        const uint32_t* R = rt + i * row_stride;
+        gene_row<true>(R, K8, inv[g], d + (g & 3) * K, nnz, tot);
+        for (int64_t k = 0; k < K8; ++k) vt[k * vals_stride + i] = static_cast<float>(R[k]) * inv[g];
+      }
+      if (K8 < Kt) {
+        for (int64_t g = g0; g < g1; ++g)
+          gene_row<true>(rt + (g - g0) * row_stride + K8, Kt - K8, inv[g],
+                         d + (g & 3) * K + K8, nnz + K8, tot + K8);
+      }
+      k_done = K8;
+    } else
 #endif
-  constexpr int64_t kTile = 64;  // samples per tile: their vals lines stay in L1 across genes
-  for (int64_t k0 = k_done; k0 < K; k0 += kTile) {
-    const int64_t k1 = std::min(K, k0 + kTile);
-    for (int64_t i = 0; i < nm; ++i) {
+    {
+      for (int64_t g = g0; g < g1; ++g)
+        gene_row<true>(rt + (g - g0) * row_stride, Kt, inv[g], ga.d.data() + (g & 3) * K + kt,
+                       nnz, tot);
+      // C/L of the mapped genes into each sample's row of vals (mapped order, as accumulate())
+#ifdef BULKFORMER_X86
+      if (use_avx2())
+        k_done = scatter_vals_avx2(rt, row_stride, g0, lo, nm, inv, Kt, vt, vals_stride);
+#endif
+    }
+    for (int64_t i = 0; i < nm; ++i) {  // samples the 8 × 8 blocks did not cover
       const int64_t gg = lo[i];
-      const uint32_t* R = rows + (gg - g0) * row_stride;
+      const uint32_t* R = rt + (gg - g0) * row_stride;
       const float f = inv[gg];
-      float* v = vals0 + m0 + i;
-      for (int64_t k = k0; k < k1; ++k) v[k * vals_stride] = static_cast<float>(R[k]) * f;
+      float* v = vt + i;
+      for (int64_t k = k_done; k < Kt; ++k) v[k * vals_stride] = static_cast<float>(R[k]) * f;
     }
   }
 }
