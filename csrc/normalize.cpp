@@ -78,6 +78,14 @@ static bool use_avx2() {
   return cpu && switches::simd.load(std::memory_order_relaxed);
 }
 
+// The float of each uint32 count, rounded once as a direct conversion rounds (AVX2 converts
+// only signed int32): hi·65536 (exact) + lo. Shared by every AVX2 loop, so all paths agree.
+__attribute__((target("avx2"))) static inline __m256 u32_to_ps(__m256i c) {
+  const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
+  const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(0xffff)));
+  return _mm256_add_ps(_mm256_mul_ps(hi, _mm256_set1_ps(65536.0f)), lo);
+}
+
 // AVX2 pass 1 for uint32 counts, bit-identical to the scalar lanes: the float of a count is
 // formed exactly (hi·65536 + lo, one rounding, as a direct conversion rounds), each product
 // rounds to float as in the scalar code, and lane j receives genes j, j+4, j+8, … in order.
@@ -87,15 +95,11 @@ __attribute__((target("avx2"))) static void pass1_u32_avx2(const uint32_t* p, co
   __m256d acc = _mm256_loadu_pd(d4);
   const __m256i zero = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi32(-1);
-  const __m256i mask16 = _mm256_set1_epi32(0xffff);
-  const __m256 k65536 = _mm256_set1_ps(65536.0f);
   __m256i nz = zero, tot = zero;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
-    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
-    const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
-    const __m256 f = _mm256_add_ps(_mm256_mul_ps(hi, k65536), lo);
+    const __m256 f = u32_to_ps(c);
     const __m256 r = _mm256_mul_ps(f, _mm256_loadu_ps(inv + i));
     acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
     acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
@@ -287,8 +291,6 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
                                                          uint64_t* tot) {
   const __m256i zero = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi32(-1);
-  const __m256i mask16 = _mm256_set1_epi32(0xffff);
-  const __m256 k65536 = _mm256_set1_ps(65536.0f);
   const __m256 fv = _mm256_set1_ps(f);
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
@@ -303,9 +305,7 @@ __attribute__((target("avx2"))) static void gene_row_avx2(const uint32_t* R, int
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k), t0);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(tot + k + 4), t1);
     if (kValues) {
-      const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
-      const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
-      const __m256 r = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lo), fv);
+      const __m256 r = _mm256_mul_ps(u32_to_ps(c), fv);
       const __m256d d0 = _mm256_add_pd(_mm256_loadu_pd(dl + k),
                                        _mm256_cvtps_pd(_mm256_castps256_ps128(r)));
       const __m256d d1 = _mm256_add_pd(_mm256_loadu_pd(dl + k + 4),
@@ -344,16 +344,12 @@ __attribute__((target("avx2"))) static inline void vals_block8(const uint32_t* r
                                                                const int64_t* lo,
                                                                const float* inv, int64_t k0,
                                                                __m256* t) {
-  const __m256i mask16 = _mm256_set1_epi32(0xffff);
-  const __m256 k65536 = _mm256_set1_ps(65536.0f);
   __m256 r[8];
   for (int j = 0; j < 8; ++j) {
     const int64_t gg = lo[j];
     const __m256i c = _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(rows + (gg - g0) * row_stride + k0));
-    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
-    const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
-    r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw), _mm256_set1_ps(inv[gg]));
+    r[j] = _mm256_mul_ps(u32_to_ps(c), _mm256_set1_ps(inv[gg]));
   }
   transpose8(r, t);
 }
@@ -404,21 +400,12 @@ __attribute__((target("avx2"))) static int64_t scatter_vals_avx2(
 #endif
 
 #ifdef BULKFORMER_X86
-// accumulate_rows when every gene of the batch is mapped, in order (full width, identity map):
-// gene_row_avx2 and scatter_vals_avx2 in one pass, so each count is loaded and converted once.
-// Samples [0, K8) (K8 a multiple of 8) × genes [0, n8) (n8 a multiple of 8) of rows, whose
-// first gene is g0: per 8 samples, the QC counters and the four denominator lanes take the
-// genes in gene order (the same operations as gene_row_avx2, gene by gene), and the 8 × 8
-// blocks of C/L go to the value rows (pairs of blocks as whole 64-byte lines, streamed, when
-// the rows are aligned; as scatter_vals_avx2).
 // One 8 × 8 block of fused_rows_avx2: genes i0 .. i0 + 7 of samples k0 .. k0 + 7.
 __attribute__((target("avx2"))) static inline void fused_block8(
     const uint32_t* rows, int64_t row_stride, int64_t g0, int64_t i0, const float* inv,
     int64_t k0, double* d, int64_t lane_stride, __m256i& nz, __m256i& t0, __m256i& t1,
     __m256* t) {
   const __m256i zero = _mm256_setzero_si256();
-  const __m256i mask16 = _mm256_set1_epi32(0xffff);
-  const __m256 k65536 = _mm256_set1_ps(65536.0f);
   __m256 r[8];
   for (int j = 0; j < 8; ++j) {
     const int64_t g = g0 + i0 + j;
@@ -428,9 +415,7 @@ __attribute__((target("avx2"))) static inline void fused_block8(
                                                   _mm256_set1_epi32(-1)));
     t0 = _mm256_add_epi64(t0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(c)));
     t1 = _mm256_add_epi64(t1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(c, 1)));
-    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 16));
-    const __m256 lw = _mm256_cvtepi32_ps(_mm256_and_si256(c, mask16));
-    r[j] = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(hi, k65536), lw), _mm256_set1_ps(inv[g]));
+    r[j] = _mm256_mul_ps(u32_to_ps(c), _mm256_set1_ps(inv[g]));
     double* dl = d + (g & 3) * lane_stride + k0;
     _mm256_storeu_pd(dl, _mm256_add_pd(_mm256_loadu_pd(dl),
                                        _mm256_cvtps_pd(_mm256_castps256_ps128(r[j]))));
@@ -440,6 +425,13 @@ __attribute__((target("avx2"))) static inline void fused_block8(
   transpose8(r, t);
 }
 
+// accumulate_rows when every gene of the batch is mapped, in order (full width, identity map):
+// gene_row_avx2 and scatter_vals_avx2 in one pass, so each count is loaded and converted once.
+// Samples [0, K8) (K8 a multiple of 8) × genes [0, n8) (n8 a multiple of 8) of rows, whose
+// first gene is g0: per 8 samples, the QC counters and the four denominator lanes take the
+// genes in gene order (the same operations as gene_row_avx2, gene by gene), and the 8 × 8
+// blocks of C/L go to the value rows (pairs of blocks as whole 64-byte lines, streamed, when
+// the rows are aligned; as scatter_vals_avx2).
 __attribute__((target("avx2"))) static void fused_rows_avx2(
     const uint32_t* rows, int64_t row_stride, int64_t g0, int64_t n8, const float* inv,
     int64_t K8, double* d, int64_t lane_stride, int32_t* nnz, uint64_t* tot, float* v0,
