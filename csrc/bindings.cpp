@@ -193,7 +193,10 @@ PYBIND11_MODULE(_C, m) {
       "Decode every chunk a request touches and nothing else (the inflate ceiling).");
 
   m.def("release_scratch", &release_scratch,
-        "Free the per-sample value buffers read_normalize keeps between calls (<= 512 MiB).");
+        "Free the per-sample value buffers read_normalize keeps between calls (up to 512 MiB, "
+        "or one per thread of the last call if more; at most 1/8 of physical memory).");
+  m.def("scratch_pool_bytes", &scratch_pool_bytes,
+        "Bytes of per-sample value buffers read_normalize holds between calls.");
 
   m.def(
       "chunk_btree",

@@ -167,10 +167,22 @@ void check_matrix(const ChunkedMatrix& m) {
       throw std::invalid_argument("unsupported HDF5 filter id " + std::to_string(f));
 }
 
-// Per-sample value buffers outlive a call, up to kPoolBytes in all: for wide chunk columns
-// they are large (1,000 samples × 67,186 genes = 268 MB), and on VMs the first touch of fresh
-// pages costs more than the work done in them.
+// Per-sample value buffers outlive a call: for wide chunk columns they are large (1,000
+// samples × 67,186 genes = 268 MB per thread), and on VMs the first touch of fresh pages costs
+// more than the work done in them. The pool keeps up to kPoolBytes, or what the last call's
+// threads held at once if that is more (one buffer per thread: keeping them does not raise the
+// process's peak above what that call needed), but never more than an eighth of physical
+// memory. release_scratch() frees them.
 constexpr size_t kPoolBytes = size_t{512} << 20;
+
+size_t pool_cap(size_t call_bytes) {
+  static const size_t ram_eighth = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<size_t>(pages) / 8 * static_cast<size_t>(page)
+                                 : kPoolBytes;
+  }();
+  return std::max(kPoolBytes, std::min(call_bytes, ram_eighth));
+}
 
 // Allocator of the value buffers: elements are not zero-filled when a buffer grows (every
 // value is written before it is read, and pooled buffers are reused with old contents anyway),
@@ -212,12 +224,11 @@ Scratch take_scratch() {
   return v;
 }
 
-void keep_scratch(Scratch&& v) {
+void keep_scratch(Scratch&& v, size_t cap) {
   std::lock_guard<std::mutex> lk(pool_mu);
   size_t held = 0;
   for (const auto& b : pool) held += b.capacity() * sizeof(float);
-  if (v.capacity() && held + v.capacity() * sizeof(float) <= kPoolBytes)
-    pool.push_back(std::move(v));
+  if (v.capacity() && held + v.capacity() * sizeof(float) <= cap) pool.push_back(std::move(v));
 }
 
 // Batch sizes (genes) for short chunk rows, see read_normalize.
@@ -246,6 +257,13 @@ void release_scratch() {
   std::lock_guard<std::mutex> lk(pool_mu);
   pool.clear();
   pool.shrink_to_fit();
+}
+
+int64_t scratch_pool_bytes() {
+  std::lock_guard<std::mutex> lk(pool_mu);
+  size_t held = 0;
+  for (const auto& b : pool) held += b.capacity() * sizeof(float);
+  return static_cast<int64_t>(held);
 }
 
 int64_t ChunkedMatrix::slot(int64_t c) const {
@@ -277,7 +295,10 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   struct Keep {  // hands the value buffers back to the pool, also when a worker threw
     std::vector<Scratch>& s;
     ~Keep() {
-      for (auto& b : s) keep_scratch(std::move(b));
+      size_t call_bytes = 0;
+      for (const auto& b : s) call_bytes += b.capacity() * sizeof(float);
+      const size_t cap = pool_cap(call_bytes);
+      for (auto& b : s) keep_scratch(std::move(b), cap);
     }
   } keep{scr};
   std::vector<std::vector<uint32_t>> tbuf(threads);

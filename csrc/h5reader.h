@@ -44,8 +44,11 @@ struct ReadOptions {
 void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
                     const NormSpec& spec, const ReadOptions& opt);
 
-// Frees the per-sample value buffers read_normalize keeps between calls (up to 512 MiB).
+// Frees the per-sample value buffers read_normalize keeps between calls (up to 512 MiB, or
+// the buffers of the last call's threads if more, at most 1/8 of physical memory).
 void release_scratch();
+// Bytes of value buffers held between calls.
+int64_t scratch_pool_bytes();
 
 // Inflate ceiling: reads and decodes every chunk the request touches, once, doing nothing else.
 // Returns the number of decoded bytes.

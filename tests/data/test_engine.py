@@ -610,3 +610,29 @@ def test_fully_mapped_rows_fused_pass_bit_identical(tmp_path, chunks):
                             np.testing.assert_array_equal(
                                 a, b, err_msg=f"{name} {dtype.__name__} gm={gene_major}"
                             )
+
+
+def test_value_buffers_pooled_per_thread_and_released(tmp_path):
+    """The per-sample value buffers of a call stay pooled for the next one, one per worker
+    thread that did work (a 2-thread read of two chunk columns: one or two, as the workers
+    raced), the next call takes them back without losing any and gives the same bits, and
+    release_scratch() frees them."""
+    r = np.random.default_rng(23)
+    G, S = 301, 400
+    c = r.integers(0, 50, (G, S)).astype(np.uint32)
+    path = _write(tmp_path / "pool.h5", c, chunks=(64, 200), compression="gzip")
+    kw = dict(gene_map=np.arange(G), lengths=np.full(G, 1000.0), n_out=G, engine="cpp")
+    buf = 4 * 200 * ((G + 15) // 16 * 16)  # 200 samples' value rows, padded to 64 bytes
+    with h5py.File(path) as f:
+        ds = f["x"]
+        _C.release_scratch()
+        assert _C.scratch_pool_bytes() == 0
+        first = read_matrix(ds, np.arange(S), threads=2, **kw)
+        held = _C.scratch_pool_bytes()
+        assert buf <= held <= 2 * (buf + 256), held  # one or two buffers (+ alignment slack)
+        again = read_matrix(ds, np.arange(S), threads=2, **kw)
+        assert _C.scratch_pool_bytes() >= held
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+        _C.release_scratch()
+        assert _C.scratch_pool_bytes() == 0
