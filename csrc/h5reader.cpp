@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -251,6 +253,128 @@ void gather_columns(const uint32_t* src, int64_t cs, const int64_t* local, int64
   }
 }
 
+// The chunk rows of one task, decoded in order, with help from workers that have no task left.
+// A task reads its chunk column row by row, and the rows of one sample must be accumulated in
+// gene order (that order fixes the bits of the denominators). When there are fewer tasks than
+// threads (one wide chunk column; a few random samples of a small file), idle workers decode
+// rows ahead of the task's owner into a ring of slots, and the owner still accumulates every
+// row itself, in order: the same operations as one thread, so the same bits. Rows are claimed
+// in order from `next`; the owner decodes a row itself when no helper has claimed it yet, and
+// while it waits for a row a helper is decoding, it decodes the next free one into the ring.
+class RowPipe {
+ public:
+  RowPipe(const ChunkedMatrix& m, const File& f, const Task& t, int depth)
+      : m_(m), f_(f), t_(t), depth_(depth) {}
+
+  // Row r (rows are asked for in order 0, 1, ...), decoded into `own` unless a helper holds
+  // it. Returns nullptr for an unwritten chunk. Call done(r) once the row is no longer read.
+  const uint32_t* get(int64_t r, ChunkBuffers& own) {
+    std::unique_lock<std::mutex> lk(mu_);
+    const int s = static_cast<int>(r % depth_);
+    for (;;) {
+      if (next_ == r) {  // nobody has claimed it: decode it here
+        ++next_;
+        lk.unlock();
+        return load_chunk(m_, f_, own, r, t_.col, t_.slot);
+      }
+      if (err_) std::rethrow_exception(err_);
+      if (row_in_[s] == r) return ptr_[s];
+      // a helper is decoding row r: rather than wait, decode the next free row for it
+      if (next_ < m_.grid_rows && next_ - consumed_ < depth_) {
+        decode_next(lk);
+        continue;
+      }
+      cv_.wait(lk, [&] {
+        return row_in_[s] == r || err_ || (next_ < m_.grid_rows && next_ - consumed_ < depth_);
+      });
+    }
+  }
+
+  void done(int64_t r) {
+    std::lock_guard<std::mutex> lk(mu_);
+    consumed_ = r + 1;
+    const int s = static_cast<int>(r % depth_);
+    if (row_in_.size() && row_in_[s] == r) row_in_[s] = -1;
+    if (helpers_) cv_.notify_all();
+  }
+
+  // Rows no one has claimed yet (0 once the owner has finished).
+  int64_t unclaimed() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return open_ ? m_.grid_rows - next_ : 0;
+  }
+
+  // A worker with no task left: decodes rows ahead of the owner until none are left to claim
+  // (or the task ended, or some worker failed: `stop`).
+  void help(const std::atomic<bool>& stop) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!open_) return;
+    if (slots_ == nullptr) {
+      slots_.reset(new ChunkBuffers[depth_]);
+      row_in_.assign(depth_, -1);
+      ptr_.assign(depth_, nullptr);
+    }
+    ++helpers_;
+    for (;;) {
+      // row r goes to slot r % depth, free once row r - depth has been consumed
+      cv_.wait(lk, [&] {
+        return !open_ || err_ || stop.load() || next_ >= m_.grid_rows || next_ - consumed_ < depth_;
+      });
+      if (!open_ || err_ || stop.load() || next_ >= m_.grid_rows) break;
+      decode_next(lk);
+    }
+    --helpers_;
+    cv_.notify_all();
+  }
+
+  // The owner is done (or failed): no more claims; waits for helpers to leave the slots.
+  void close() {
+    std::unique_lock<std::mutex> lk(mu_);
+    open_ = false;
+    cv_.notify_all();
+    cv_.wait(lk, [&] { return helpers_ == 0; });
+    slots_.reset();  // the ring's buffers go with the task
+  }
+
+ private:
+  // Claims row next_ (its slot is free), decodes it unlocked and publishes it; `lk` is held
+  // on entry and on return. A failure is kept for everyone waiting on the pipe.
+  void decode_next(std::unique_lock<std::mutex>& lk) {
+    const int64_t r = next_++;
+    const int s = static_cast<int>(r % depth_);
+    lk.unlock();
+    const uint32_t* p = nullptr;
+    std::exception_ptr e;
+    try {
+      p = load_chunk(m_, f_, slots_[s], r, t_.col, t_.slot);
+    } catch (...) {
+      e = std::current_exception();
+    }
+    lk.lock();
+    if (e) {
+      if (!err_) err_ = e;
+    } else {
+      ptr_[s] = p;
+      row_in_[s] = r;
+    }
+    cv_.notify_all();
+  }
+
+  const ChunkedMatrix& m_;
+  const File& f_;
+  const Task& t_;
+  const int depth_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t next_ = 0, consumed_ = 0;
+  bool open_ = true;
+  int helpers_ = 0;
+  std::unique_ptr<ChunkBuffers[]> slots_;
+  std::vector<int64_t> row_in_;  // the row each slot holds, decoded; -1 = none
+  std::vector<const uint32_t*> ptr_;
+  std::exception_ptr err_;
+};
+
 }  // namespace
 
 void release_scratch() {
@@ -284,9 +408,22 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   int64_t max_group = int64_t{1} << 40;
   if (values) max_group = std::max<int64_t>(1, opt.max_scratch_bytes / (4 * row_len));
   std::vector<Task> tasks = plan_tasks(m, samples, n, max_group);
-  const int threads =
-      std::min<int>(resolve_threads(opt.threads), std::max<int>(1, static_cast<int>(tasks.size())));
+  // More threads than tasks is useful: a worker with no task left decodes chunk rows for the
+  // tasks still running (RowPipe): one wide chunk column, a few random samples, the last tasks
+  // of a call whose task count is not a multiple of the thread count.
+  const int64_t n_tasks = static_cast<int64_t>(tasks.size());
+  const int threads = static_cast<int>(std::min<int64_t>(
+      resolve_threads(opt.threads), std::max<int64_t>(1, n_tasks * m.grid_rows)));
   File f(m.path);
+  std::vector<std::unique_ptr<RowPipe>> pipes;
+  if (threads > 1 && m.grid_rows > 2) {
+    // ring slots per task: two per thread expected to help it (all of them for one task,
+    // about one at the tail of many), so that the ring's buffers stay small when tasks abound
+    const int64_t per_task = (threads + std::min<int64_t>(n_tasks, threads) - 1) /
+                             std::min<int64_t>(n_tasks, threads);
+    const int depth = static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(4, 2 * per_task + 2)));
+    for (const Task& t : tasks) pipes.emplace_back(new RowPipe(m, f, t, depth));
+  }
   std::vector<ChunkBuffers> bufs(threads);
   std::vector<Scratch> scr(threads);
   std::vector<std::vector<float>> rowbuf(threads);
@@ -316,8 +453,21 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   // absolute gene index, so any batching gives the same bits. Gene-major runs copy whole
   // chunk-row slices (g samples wide) and want a block that stays in L2; the transposing path
   // writes only the requested samples.
-  parallel_for(static_cast<int64_t>(tasks.size()), threads, [&](int wid, int64_t ti) {
+  auto run_task = [&](int wid, int64_t ti) {
     const Task& t = tasks[ti];
+    RowPipe* pipe = pipes.empty() ? nullptr : pipes[ti].get();
+    struct Close {  // no more helpers on this task's rows, also when it threw
+      RowPipe* p;
+      ~Close() {
+        if (p) p->close();
+      }
+    } close{pipe};
+    auto get_row = [&](int64_t r) {
+      return pipe ? pipe->get(r, bufs[wid]) : load_chunk(m, f, bufs[wid], r, t.col, t.slot);
+    };
+    auto row_done = [&](int64_t r) {
+      if (pipe) pipe->done(r);
+    };
     const int64_t g = static_cast<int64_t>(t.rows.size());
     std::vector<SampleAcc> accs(g);
     std::vector<int64_t> local(g);
@@ -358,10 +508,11 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
       b0 = b1;
     };
     for (int64_t r = 0; r < m.grid_rows; ++r) {
-      const uint32_t* data = load_chunk(m, f, bufs[wid], r, t.col, t.slot);
+      const uint32_t* data = get_row(r);
       const int64_t g0 = r * cg, g1 = std::min(m.n_genes, g0 + cg);
       const int64_t rows_here = g1 - g0;
       if (!data) {  // unwritten chunk: all zeros (nothing to add, values set to 0)
+        row_done(r);
         flush();
         for (int64_t k = 0; k < g; ++k) zero_piece(plan, accs[k], g0, g1);
         b0 = b1 = g1;
@@ -381,6 +532,7 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
           for (int64_t k = 0; k < g; ++k)
             accumulate(plan, accs[k], g0, g1, T.data() + k * rows_here, 1);
         }
+        row_done(r);
         b0 = b1 = g1;
         continue;
       }
@@ -397,6 +549,7 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
       } else {
         gather_columns(data, cs, local.data(), g, rows_here, T.data() + o, nb);
       }
+      row_done(r);  // copied into the batch
       b1 = g1;
       if (b1 - b0 + cg > nb) flush();  // the next chunk row would not fit
     }
@@ -404,6 +557,31 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
     if (run) flush_group(ga, accs.data());
     for (int64_t k = 0; k < g; ++k)
       finish_sample(plan, accs[k], t.rows[k], values ? rowbuf[wid].data() : nullptr);
+  };
+  if (pipes.empty()) {
+    parallel_for(n_tasks, threads, run_task);
+    return;
+  }
+  // Each worker takes tasks while there are any, then helps the unfinished ones decode rows.
+  std::atomic<int64_t> next_task{0};
+  std::atomic<bool> stop{false};
+  parallel_for(threads, threads, [&](int wid, int64_t) {
+    try {
+      for (int64_t ti; !stop.load() && (ti = next_task.fetch_add(1)) < n_tasks;) run_task(wid, ti);
+    } catch (...) {
+      stop = true;
+      throw;
+    }
+    while (!stop.load()) {
+      RowPipe* best = nullptr;
+      int64_t most = 1;  // a row left is not worth a helper
+      for (auto& p : pipes) {
+        const int64_t u = p->unclaimed();
+        if (u > most) most = u, best = p.get();
+      }
+      if (!best) break;
+      best->help(stop);
+    }
   });
 }
 

@@ -636,3 +636,68 @@ def test_value_buffers_pooled_per_thread_and_released(tmp_path):
             np.testing.assert_array_equal(a, b)
         _C.release_scratch()
         assert _C.scratch_pool_bytes() == 0
+
+
+@pytest.mark.parametrize(
+    "chunks,transposed",
+    [((64, 301), False), ((1, 301), False), ((7, 301), True), ((100, 150), False)],
+)
+def test_spare_threads_decode_rows_for_few_tasks_bit_identical(tmp_path, data, chunks, transposed):
+    """Fewer tasks than threads (one or two chunk columns): the spare workers decode chunk rows
+    ahead of each task's owner, which still accumulates them in gene order. Every thread count
+    gives the bits of one thread and of the h5py path, with unwritten chunk rows in between
+    (read as zeros), for whole columns, runs and random subsets, at float32 and float16."""
+    counts, lengths, gene_map, n_out = data
+    counts = counts.copy()
+    path = tmp_path / "few.h5"
+    shape = (S, G) if transposed else (G, S)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=shape, dtype="<u4", chunks=chunks[::-1] if transposed
+                              else chunks, compression="gzip")
+        cg = chunks[0]
+        unwritten = set(range(G // cg)[3::5])  # every fifth chunk row stays unwritten
+        for r0 in range(0, G, cg):
+            if r0 // cg in unwritten:
+                counts[r0:r0 + cg] = 0
+                continue
+            block = counts[r0:r0 + cg]
+            if transposed:
+                ds[:, r0:r0 + cg] = block.T
+            else:
+                ds[r0:r0 + cg] = block
+    rng = np.random.default_rng(31)
+    picks = {"all": np.arange(S), "run": np.arange(17, 268), "random": rng.permutation(S)[:41]}
+    with h5py.File(path) as f:
+        ds = f["x"]
+        for name, rows in picks.items():
+            for dtype in (np.float32, np.float16):
+                kw = dict(gene_map=gene_map, lengths=lengths, n_out=n_out, dtype=dtype,
+                          transposed=transposed)
+                want = read_matrix(ds, rows, engine="h5py", **kw)
+                for threads in (1, 2, 3, 6):
+                    got = read_matrix(ds, rows, engine="cpp", threads=threads, **kw)
+                    for a, b in zip(got, want):
+                        np.testing.assert_array_equal(a, b, err_msg=f"{name} t={threads}")
+    ref = log1p_tpm_ref(counts[:, picks["random"]].T, lengths, gene_map, n_out)
+    np.testing.assert_allclose(want[0], ref.astype(np.float16), rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spare_thread_decode_errors_reach_the_caller(tmp_path, data, seed):
+    """A corrupt chunk decoded by a helper thread (one chunk column, 4 threads) raises the
+    same clean error as on one thread, and the call returns (no helper left waiting)."""
+    counts = data[0]
+    path = _write(tmp_path / "bad1.h5", counts, chunks=(16, S), compression="gzip")
+    with h5py.File(path) as f:
+        idx = engine.ChunkIndex.from_dataset(f["x"])
+    rng = np.random.default_rng(seed)
+    r = int(rng.integers(2, idx.offsets.shape[0]))  # not the first row: a helper's, likely
+    off, size = int(idx.offsets[r, 0]), int(idx.sizes[r, 0])
+    _corrupt(path, off, size, rng)  # the whole stream: no valid deflate left
+    msgs = []
+    with h5py.File(path) as f:
+        for threads in (1, 4):
+            with pytest.raises(EngineError) as e:
+                read_matrix(f["x"], np.arange(S), lengths=np.ones(G), engine="cpp", threads=threads)
+            msgs.append(str(e.value))
+    assert msgs[0] == msgs[1] and "bad1.h5" in msgs[0] and f"chunk ({r * 16}, 0)" in msgs[0], msgs
