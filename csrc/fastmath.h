@@ -14,6 +14,16 @@
 #define BULKFORMER_X86 1
 #endif
 
+// A function compiled for AVX2+FMA and for the baseline ISA (GCC function multiversioning: the
+// loader's ifunc picks the clone the CPU supports). Off under ThreadSanitizer (`make tsan`),
+// whose instrumented ifunc resolvers would run before its runtime is up.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_THREAD__)
+#define BF_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define BF_TARGET_CLONES
+#endif
+
 namespace bulkformer {
 
 // log1p(x) for x >= 0 (finite), max error 1.45 ulp (1.34 with FMA contraction) against the
@@ -48,9 +58,7 @@ static inline float log1p_pos(float x) {
 
 // dst[c] = covered[c] ? log1p(v[c] * scale) : 0, for a whole row (dst does not overlap v).
 // Compiled for AVX2+FMA and for the baseline ISA; the loader picks the clone the CPU supports.
-#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 inline void log1p_row(const float* __restrict v, const uint8_t* __restrict covered, int64_t n,
                       float scale, float* __restrict dst) {
   for (int64_t c = 0; c < n; ++c) {
@@ -60,9 +68,7 @@ inline void log1p_row(const float* __restrict v, const uint8_t* __restrict cover
 }
 
 // out[i] = float(c[i]) * inv[i] (the conversion of a uint32 rounds once, on every ISA).
-#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 inline void scale_u32_row(const uint32_t* c, const float* inv, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c[i]) * inv[i];
 }

@@ -131,9 +131,7 @@ __attribute__((target("avx2"))) static void pass1_u32_avx2(const uint32_t* p, co
 #endif
 
 template <typename T>
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 static void pass1_lanes_generic(const T* __restrict p, const float* __restrict inv, int64_t n,
                                 double* d4, int64_t* nnz_out, double* total_out) {
   double d[4] = {d4[0], d4[1], d4[2], d4[3]};
@@ -268,9 +266,7 @@ void GroupAcc::reset(int64_t k) {
 
 // One gene row across the group: nnz/tot always, the denominator lane `dl` when values are on.
 template <bool kValues>
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 static void gene_row_generic(const uint32_t* __restrict R, int64_t K, float f,
                              double* __restrict dl, int32_t* __restrict nnz,
                              uint64_t* __restrict tot) {
@@ -631,9 +627,7 @@ void normalize_dense(const NormSpec& spec, const T* counts, int64_t n_rows, int6
 namespace {
 // true when any of the n floats is NaN or ±inf (exponent bits all set); an integer OR-reduction
 // the compiler vectorizes.
-#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 bool any_nonfinite(const float* x, int64_t n) {
   uint32_t bad = 0;
   for (int64_t c = 0; c < n; ++c) {
@@ -645,9 +639,7 @@ bool any_nonfinite(const float* x, int64_t n) {
 }
 }  // namespace
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 int64_t block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows, double* mean,
                       double* m2) {
   for (int64_t c = 0; c < G; ++c) mean[c] = 0.0, m2[c] = 0.0;
@@ -676,9 +668,7 @@ int64_t block_moments(const float* x, int64_t n, int64_t G, const uint8_t* rows,
   return -1;
 }
 
-#if defined(BULKFORMER_X86) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+BF_TARGET_CLONES
 static void standardize_row(const float* v, const float* shift, const float* scale, float* t,
                             int64_t G) {
   constexpr float kMax = 65504.0f;

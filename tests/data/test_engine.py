@@ -652,27 +652,37 @@ def test_spare_threads_decode_rows_for_few_tasks_bit_identical(tmp_path, data, c
     path = tmp_path / "few.h5"
     shape = (S, G) if transposed else (G, S)
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset("x", shape=shape, dtype="<u4", chunks=chunks[::-1] if transposed
-                              else chunks, compression="gzip")
+        ds = f.create_dataset(
+            "x",
+            shape=shape,
+            dtype="<u4",
+            chunks=chunks[::-1] if transposed else chunks,
+            compression="gzip",
+        )
         cg = chunks[0]
         unwritten = set(range(G // cg)[3::5])  # every fifth chunk row stays unwritten
         for r0 in range(0, G, cg):
             if r0 // cg in unwritten:
-                counts[r0:r0 + cg] = 0
+                counts[r0 : r0 + cg] = 0
                 continue
-            block = counts[r0:r0 + cg]
+            block = counts[r0 : r0 + cg]
             if transposed:
-                ds[:, r0:r0 + cg] = block.T
+                ds[:, r0 : r0 + cg] = block.T
             else:
-                ds[r0:r0 + cg] = block
+                ds[r0 : r0 + cg] = block
     rng = np.random.default_rng(31)
     picks = {"all": np.arange(S), "run": np.arange(17, 268), "random": rng.permutation(S)[:41]}
     with h5py.File(path) as f:
         ds = f["x"]
         for name, rows in picks.items():
             for dtype in (np.float32, np.float16):
-                kw = dict(gene_map=gene_map, lengths=lengths, n_out=n_out, dtype=dtype,
-                          transposed=transposed)
+                kw = dict(
+                    gene_map=gene_map,
+                    lengths=lengths,
+                    n_out=n_out,
+                    dtype=dtype,
+                    transposed=transposed,
+                )
                 want = read_matrix(ds, rows, engine="h5py", **kw)
                 for threads in (1, 2, 3, 6):
                     got = read_matrix(ds, rows, engine="cpp", threads=threads, **kw)
