@@ -255,12 +255,13 @@ void gather_columns(const uint32_t* src, int64_t cs, const int64_t* local, int64
 
 // The chunk rows of one task, decoded in order, with help from workers that have no task left.
 // A task reads its chunk column row by row, and the rows of one sample must be accumulated in
-// gene order (that order fixes the bits of the denominators). When there are fewer tasks than
-// threads (one wide chunk column; a few random samples of a small file), idle workers decode
-// rows ahead of the task's owner into a ring of slots, and the owner still accumulates every
-// row itself, in order: the same operations as one thread, so the same bits. Rows are claimed
-// in order from `next`; the owner decodes a row itself when no helper has claimed it yet, and
-// while it waits for a row a helper is decoding, it decodes the next free one into the ring.
+// gene order (that order fixes the bits of the denominators). When a worker has no task left
+// (one wide chunk column; a few random samples of a small file; the tail of many tasks), it
+// decodes rows ahead of a running task's owner into a ring of slots, and the owner still
+// accumulates every row itself, in order: the same operations as one thread, so the same bits.
+// Rows are claimed in order from `next`; the owner decodes a row itself when no helper has
+// claimed it yet, and while it waits for a row a helper is decoding, it decodes the next free
+// one into the ring.
 class RowPipe {
  public:
   RowPipe(const ChunkedMatrix& m, const File& f, const Task& t, int depth)
@@ -419,9 +420,9 @@ void read_normalize(const ChunkedMatrix& m, const int64_t* samples, int64_t n,
   if (threads > 1 && m.grid_rows > 2) {
     // ring slots per task: two per thread expected to help it (all of them for one task,
     // about one at the tail of many), so that the ring's buffers stay small when tasks abound
-    const int64_t per_task = (threads + std::min<int64_t>(n_tasks, threads) - 1) /
-                             std::min<int64_t>(n_tasks, threads);
-    const int depth = static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(4, 2 * per_task + 2)));
+    const int64_t running = std::min<int64_t>(n_tasks, threads);
+    const int64_t per_task = (threads + running - 1) / running;
+    const int depth = static_cast<int>(std::clamp<int64_t>(2 * per_task + 2, 4, 32));
     for (const Task& t : tasks) pipes.emplace_back(new RowPipe(m, f, t, depth));
   }
   std::vector<ChunkBuffers> bufs(threads);
